@@ -1,0 +1,1 @@
+//! base64 (stub; being written)

@@ -1,0 +1,1 @@
+//! Credentials (stub; being written)

@@ -1,0 +1,1 @@
+//! kubeconfig files and in-cluster service accounts -> `Access` (stub; being written)

@@ -1,0 +1,3 @@
+//! kube-event (skeleton)
+pub mod base64;
+pub mod kube;
