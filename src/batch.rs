@@ -1,0 +1,249 @@
+//! Grouping occurrences into Loki streams and encoding the push body. No I/O here.
+//!
+//! A `Batch` keeps every line in one byte arena and each stream's entries as
+//! `(timestamp, range)` triples, so adding an occurrence copies its line once and allocates
+//! nothing per field. `encode` sorts each stream by time (Loki wants a stream's entries in
+//! order within a push) and writes the JSON body `{"streams":[{"stream":{…},"values":[…]}]}`.
+
+use std::collections::HashMap;
+
+use crate::event::{write_json_str, Labels};
+
+/// Occurrences waiting to be pushed, grouped by stream.
+#[derive(Default)]
+pub struct Batch {
+    streams: Vec<Stream>,
+    /// fnv(labels) -> indexes into `streams` with that hash.
+    index: HashMap<u64, Vec<usize>>,
+    arena: String,
+    entries: usize,
+    /// Estimated size of the encoded body, for `BATCH_MAX_BYTES`.
+    encoded_estimate: usize,
+}
+
+struct Stream {
+    namespace: String,
+    kind: String,
+    type_: String,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    nanos: i64,
+    start: usize,
+    end: usize,
+}
+
+/// A batch encoded for Loki, ready to push (and, later, to spool).
+pub struct Sealed {
+    pub body: Vec<u8>,
+    pub entries: usize,
+    /// Oldest and newest occurrence time in the batch (Unix ns), for log lines.
+    pub oldest: i64,
+    pub newest: i64,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// The size the encoded body will roughly have.
+    pub fn encoded_size(&self) -> usize {
+        self.encoded_estimate
+    }
+
+    /// Adds one line to the stream of `labels`.
+    pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: &str) {
+        let h = labels_hash(&labels);
+        let slot = self.index.entry(h).or_default();
+        let existing = slot.iter().copied().find(|&i| {
+            let s = &self.streams[i];
+            s.namespace == labels.namespace && s.kind == labels.kind && s.type_ == labels.type_
+        });
+        let idx = match existing {
+            Some(i) => i,
+            None => {
+                self.streams.push(Stream {
+                    namespace: labels.namespace.to_owned(),
+                    kind: labels.kind.to_owned(),
+                    type_: labels.type_.to_owned(),
+                    entries: Vec::new(),
+                });
+                slot.push(self.streams.len() - 1);
+                // {"stream":{...},"values":[]}, plus the labels
+                self.encoded_estimate += 40
+                    + labels.namespace.len()
+                    + labels.kind.len()
+                    + labels.type_.len()
+                    + 64;
+                self.streams.len() - 1
+            }
+        };
+        let start = self.arena.len();
+        self.arena.push_str(line);
+        self.streams[idx].entries.push(Entry {
+            nanos,
+            start,
+            end: self.arena.len(),
+        });
+        self.entries += 1;
+        // ["<19 digits>","<line>"],
+        self.encoded_estimate += 28 + escaped_len(line);
+    }
+
+    /// Encodes the batch as a Loki push body and empties it. `static_labels` are the
+    /// `LABELS` pairs, already validated, written before the per-event labels.
+    pub fn seal(&mut self, static_labels: &[(String, String)]) -> Sealed {
+        let mut out = String::with_capacity(self.encoded_estimate + 16);
+        let mut oldest = i64::MAX;
+        let mut newest = i64::MIN;
+        out.push_str("{\"streams\":[");
+        for (si, stream) in self.streams.iter_mut().enumerate() {
+            if si > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"stream\":{\"job\":\"kube-event\"");
+            for (k, v) in static_labels {
+                label(&mut out, k, v);
+            }
+            label(&mut out, "namespace", &stream.namespace);
+            label(&mut out, "kind", &stream.kind);
+            label(&mut out, "type", &stream.type_);
+            out.push_str("},\"values\":[");
+            // Stable: occurrences with the same time keep the order they arrived in.
+            stream.entries.sort_by_key(|e| e.nanos);
+            for (ei, e) in stream.entries.iter().enumerate() {
+                if ei > 0 {
+                    out.push(',');
+                }
+                oldest = oldest.min(e.nanos);
+                newest = newest.max(e.nanos);
+                out.push_str("[\"");
+                out.push_str(itoa(e.nanos).as_str());
+                out.push_str("\",");
+                write_json_str(&self.arena[e.start..e.end], &mut out);
+                out.push(']');
+            }
+            out.push_str("]}");
+        }
+        out.push_str("]}");
+        let sealed = Sealed {
+            body: out.into_bytes(),
+            entries: self.entries,
+            oldest,
+            newest,
+        };
+        self.streams.clear();
+        self.index.clear();
+        self.arena.clear();
+        self.entries = 0;
+        self.encoded_estimate = 0;
+        sealed
+    }
+}
+
+/// The length of `s` as the inside of a JSON string literal.
+fn escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Empty label values are left out: Loki treats `l=""` as no label at all.
+fn label(out: &mut String, key: &str, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    out.push(',');
+    write_json_str(key, out);
+    out.push(':');
+    write_json_str(value, out);
+}
+
+fn itoa(v: i64) -> String {
+    // Timestamps only; one small allocation per entry at seal time is not on the event path.
+    v.to_string()
+}
+
+/// FNV-1a, 64 bit: stable across Rust versions and runs (unlike `DefaultHasher`), which
+/// matters for anything that is written to disk.
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn labels_hash(l: &Labels<'_>) -> u64 {
+    let h = fnv1a(l.namespace.as_bytes(), FNV_OFFSET);
+    let h = fnv1a(&[0], h);
+    let h = fnv1a(l.kind.as_bytes(), h);
+    let h = fnv1a(&[0], h);
+    fnv1a(l.type_.as_bytes(), h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels<'a>(ns: &'a str, kind: &'a str, t: &'a str) -> Labels<'a> {
+        Labels {
+            namespace: ns,
+            kind,
+            type_: t,
+        }
+    }
+
+    #[test]
+    fn groups_by_stream_and_orders_by_time() {
+        let mut b = Batch::default();
+        b.push(labels("a", "Pod", "Warning"), 30, "third");
+        b.push(labels("b", "Node", "Normal"), 5, "other");
+        b.push(labels("a", "Pod", "Warning"), 10, "first");
+        b.push(labels("a", "Pod", "Warning"), 10, "first-too");
+        b.push(labels("", "Node", "Normal"), 7, "quote\"d");
+        assert_eq!(b.len(), 5);
+        let statics = vec![("cluster".to_string(), "prod".to_string())];
+        let sealed = b.seal(&statics);
+        let body = String::from_utf8(sealed.body).unwrap();
+        assert_eq!(
+            body,
+            concat!(
+                r#"{"streams":["#,
+                r#"{"stream":{"job":"kube-event","cluster":"prod","namespace":"a","kind":"Pod","type":"Warning"},"values":[["10","first"],["10","first-too"],["30","third"]]},"#,
+                r#"{"stream":{"job":"kube-event","cluster":"prod","namespace":"b","kind":"Node","type":"Normal"},"values":[["5","other"]]},"#,
+                r#"{"stream":{"job":"kube-event","cluster":"prod","kind":"Node","type":"Normal"},"values":[["7","quote\"d"]]}"#,
+                "]}"
+            )
+        );
+        assert_eq!((sealed.entries, sealed.oldest, sealed.newest), (5, 5, 30));
+        assert!(b.is_empty());
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["streams"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn estimate_is_close_to_the_real_size() {
+        let mut b = Batch::default();
+        let line = r#"{"time":"2026-11-25T19:40:33Z","type":"Warning","message":"Back-off restarting"}"#;
+        for i in 0..1000 {
+            b.push(labels("ns", "Pod", "Warning"), 1_795_635_633_000_000_000 + i, line);
+        }
+        let est = b.encoded_size();
+        let real = b.seal(&[]).body.len();
+        assert!(est >= real && est < real + real / 4, "estimate {est}, real {real}");
+    }
+}

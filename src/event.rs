@@ -1,0 +1,405 @@
+//! The Event object as the API server sends it, and what kube-event makes of it: the
+//! occurrence (which repeat of the event this is and when it happened), the Loki line and the
+//! stream labels. No I/O here.
+//!
+//! The types borrow from the frame buffer: strings without escapes are not copied, and fields
+//! kube-event never needs (`managedFields`, annotations, …) are skipped by the parser.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::time::parse_rfc3339_nanos;
+
+type Str<'a> = Option<Cow<'a, str>>;
+
+/// One line of a watch stream: `{"type":"ADDED","object":{…}}`.
+#[derive(Deserialize)]
+pub struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub object: &'a serde_json::value::RawValue,
+}
+
+/// A page of `GET /api/v1/events`.
+#[derive(Deserialize)]
+pub struct List<'a> {
+    #[serde(borrow, default)]
+    pub metadata: ListMeta<'a>,
+    #[serde(borrow, default)]
+    pub items: Vec<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListMeta<'a> {
+    #[serde(rename = "resourceVersion", borrow, default)]
+    pub resource_version: Str<'a>,
+    #[serde(rename = "continue", borrow, default)]
+    pub continue_: Str<'a>,
+}
+
+/// `metav1.Status`, the object of an ERROR frame and the body of most API errors.
+#[derive(Deserialize, Default, Debug)]
+pub struct Status {
+    #[serde(default)]
+    pub code: u16,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The object of a BOOKMARK frame: only the resourceVersion is meaningful.
+#[derive(Deserialize)]
+pub struct Bookmark<'a> {
+    #[serde(borrow)]
+    pub metadata: Meta<'a>,
+}
+
+/// A core/v1 Event, only the fields kube-event ships or needs.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Event<'a> {
+    #[serde(borrow)]
+    pub metadata: Meta<'a>,
+    #[serde(borrow)]
+    pub involved_object: ObjectRef<'a>,
+    #[serde(borrow)]
+    pub reason: Str<'a>,
+    #[serde(borrow)]
+    pub message: Str<'a>,
+    #[serde(borrow)]
+    pub source: Source<'a>,
+    #[serde(borrow)]
+    pub first_timestamp: Str<'a>,
+    #[serde(borrow)]
+    pub last_timestamp: Str<'a>,
+    pub count: Option<i64>,
+    #[serde(rename = "type", borrow)]
+    pub type_: Str<'a>,
+    #[serde(borrow)]
+    pub event_time: Str<'a>,
+    #[serde(borrow)]
+    pub series: Option<Series<'a>>,
+    #[serde(borrow)]
+    pub reporting_component: Str<'a>,
+    #[serde(borrow)]
+    pub reporting_instance: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Meta<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub namespace: Str<'a>,
+    #[serde(borrow)]
+    pub uid: Str<'a>,
+    #[serde(borrow)]
+    pub resource_version: Str<'a>,
+    #[serde(borrow)]
+    pub creation_timestamp: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectRef<'a> {
+    #[serde(borrow)]
+    pub kind: Str<'a>,
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub uid: Str<'a>,
+    #[serde(borrow)]
+    pub field_path: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Source<'a> {
+    #[serde(borrow)]
+    pub component: Str<'a>,
+    #[serde(borrow)]
+    pub host: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Series<'a> {
+    pub count: Option<i64>,
+    #[serde(borrow)]
+    pub last_observed_time: Str<'a>,
+}
+
+fn s<'b>(v: &'b Str<'_>) -> &'b str {
+    v.as_deref().unwrap_or("")
+}
+
+fn non_empty<'b>(v: &'b Str<'_>) -> Option<&'b str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Why an event cannot be shipped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unshippable {
+    /// No uid: kube-event could not tell one event from another.
+    NoUid,
+    /// None of the five timestamps is present and valid.
+    NoTime,
+}
+
+impl std::fmt::Display for Unshippable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unshippable::NoUid => f.write_str("event has no metadata.uid"),
+            Unshippable::NoTime => f.write_str("event has no valid timestamp"),
+        }
+    }
+}
+
+/// Which repeat of an event this object shows, and when that repeat happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occurrence<'e> {
+    /// `series.count`, else `count`, else 1 (events.k8s.io events have `count` 0 or absent).
+    pub count: i64,
+    /// Unix nanoseconds of the occurrence, for Loki.
+    pub nanos: i64,
+    /// The RFC 3339 text the time came from, copied into the line unchanged.
+    pub time: &'e str,
+}
+
+impl<'a> Event<'a> {
+    pub fn uid(&self) -> &str {
+        s(&self.metadata.uid)
+    }
+
+    /// The occurrence this object shows. The time is the first valid one of
+    /// `series.lastObservedTime`, `lastTimestamp`, `eventTime`, `firstTimestamp`,
+    /// `metadata.creationTimestamp`: when it happened, never when kube-event saw it.
+    pub fn occurrence(&self) -> Result<Occurrence<'_>, Unshippable> {
+        if self.uid().is_empty() {
+            return Err(Unshippable::NoUid);
+        }
+        let series = self.series.as_ref();
+        let count = series
+            .and_then(|s| s.count)
+            .filter(|c| *c > 0)
+            .or(self.count.filter(|c| *c > 0))
+            .unwrap_or(1);
+        let candidates = [
+            series.and_then(|s| non_empty(&s.last_observed_time)),
+            non_empty(&self.last_timestamp),
+            non_empty(&self.event_time),
+            non_empty(&self.first_timestamp),
+            non_empty(&self.metadata.creation_timestamp),
+        ];
+        for time in candidates.into_iter().flatten() {
+            if let Some(nanos) = parse_rfc3339_nanos(time) {
+                return Ok(Occurrence { count, nanos, time });
+            }
+        }
+        Err(Unshippable::NoTime)
+    }
+
+    /// The stream labels this event belongs to, besides `job` and the static `LABELS`.
+    pub fn labels(&self) -> Labels<'_> {
+        Labels {
+            namespace: s(&self.metadata.namespace),
+            kind: s(&self.involved_object.kind),
+            type_: s(&self.type_),
+        }
+    }
+
+    /// Writes the Loki line of `occ` into `out` (cleared first): one JSON object, keys in a
+    /// fixed order, empty values left out, so the same occurrence always gives the same bytes.
+    pub fn write_line(&self, occ: &Occurrence<'_>, out: &mut String) {
+        let (component, host) = match non_empty(&self.source.component) {
+            Some(c) => (c, s(&self.source.host)),
+            None => (s(&self.reporting_component), s(&self.reporting_instance)),
+        };
+        let first_seen = non_empty(&self.first_timestamp)
+            .or(non_empty(&self.event_time))
+            .unwrap_or("");
+        out.clear();
+        out.push('{');
+        // `time` is never empty (occurrence() found one), so every later key gets a comma.
+        put_str(out, "\"time\":", occ.time);
+        put_str(out, ",\"type\":", s(&self.type_));
+        put_str(out, ",\"reason\":", s(&self.reason));
+        put_str(out, ",\"namespace\":", s(&self.metadata.namespace));
+        put_str(out, ",\"kind\":", s(&self.involved_object.kind));
+        put_str(out, ",\"name\":", s(&self.involved_object.name));
+        put_str(out, ",\"field_path\":", s(&self.involved_object.field_path));
+        put_str(out, ",\"message\":", s(&self.message));
+        out.push_str(",\"count\":");
+        out.push_str(itoa_buf(occ.count).as_str());
+        put_str(out, ",\"first_seen\":", first_seen);
+        put_str(out, ",\"component\":", component);
+        put_str(out, ",\"host\":", host);
+        put_str(out, ",\"event_uid\":", s(&self.metadata.uid));
+        put_str(out, ",\"event_name\":", s(&self.metadata.name));
+        put_str(out, ",\"object_uid\":", s(&self.involved_object.uid));
+        out.push('}');
+    }
+}
+
+/// Appends `key` (already quoted, with its comma and colon) and `value` as a JSON string,
+/// unless `value` is empty.
+fn put_str(out: &mut String, key: &str, value: &str) {
+    if !value.is_empty() {
+        out.push_str(key);
+        write_json_str(value, out);
+    }
+}
+
+/// The per-event stream labels: low-cardinality values only (never names or uids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Labels<'e> {
+    pub namespace: &'e str,
+    pub kind: &'e str,
+    pub type_: &'e str,
+}
+
+/// A small stack buffer for an integer, so the hot path does not allocate for `count`.
+struct ItoaBuf {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl ItoaBuf {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+fn itoa_buf(v: i64) -> ItoaBuf {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    ItoaBuf { buf, start: i }
+}
+
+/// Appends `v` as a JSON string literal (quotes included).
+pub fn write_json_str(v: &str, out: &mut String) {
+    out.push('"');
+    let bytes = v.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&v[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&v[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(json: &str) -> (String, i64, i64) {
+        let ev: Event = serde_json::from_str(json).unwrap();
+        let occ = ev.occurrence().unwrap();
+        let mut out = String::new();
+        ev.write_line(&occ, &mut out);
+        (out, occ.nanos, occ.count)
+    }
+
+    #[test]
+    fn legacy_event_line_has_every_field_in_order() {
+        let json = r#"{"metadata":{"name":"web-0.seed1","namespace":"demo","uid":"u1","resourceVersion":"404","creationTimestamp":"2026-11-25T19:40:33Z","managedFields":[{"manager":"curl"}]},
+            "involvedObject":{"kind":"Pod","namespace":"demo","name":"web-0","uid":"o1","fieldPath":"spec.containers{web}"},
+            "reason":"BackOff","message":"Back-off \"restarting\"\n","source":{"component":"kubelet","host":"node-1"},
+            "firstTimestamp":"2026-11-25T19:40:33Z","lastTimestamp":"2026-11-25T19:40:35Z","count":2,"type":"Warning","eventTime":null,
+            "reportingComponent":"","reportingInstance":""}"#;
+        let (line, nanos, count) = line_of(json);
+        assert_eq!(
+            line,
+            r#"{"time":"2026-11-25T19:40:35Z","type":"Warning","reason":"BackOff","namespace":"demo","kind":"Pod","name":"web-0","field_path":"spec.containers{web}","message":"Back-off \"restarting\"\n","count":2,"first_seen":"2026-11-25T19:40:33Z","component":"kubelet","host":"node-1","event_uid":"u1","event_name":"web-0.seed1","object_uid":"o1"}"#
+        );
+        assert_eq!(nanos, 1_795_635_635_000_000_000);
+        assert_eq!(count, 2);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["message"], "Back-off \"restarting\"\n");
+    }
+
+    #[test]
+    fn events_k8s_io_event_gets_its_series_time_and_reporting_component() {
+        let json = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/apiserver/event-eventsv1-through-corev1.json"
+        ))
+        .unwrap();
+        let (line, nanos, count) = line_of(&json);
+        assert_eq!(nanos, 1_795_635_635_215_506_000);
+        assert_eq!(count, 2);
+        assert!(line.starts_with(r#"{"time":"2026-11-25T19:40:35.215506Z","type":"Normal""#), "{line}");
+        assert!(line.contains(r#""component":"deployment-controller","host":"deployment-controller-node-1""#), "{line}");
+        assert!(line.contains(r#""first_seen":"2026-11-25T19:40:35.215506Z""#), "{line}");
+        assert!(!line.contains("field_path"), "{line}");
+    }
+
+    #[test]
+    fn time_falls_back_in_order() {
+        let cases = [
+            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":"2026-01-01T00:00:02Z","series":{"count":3,"lastObservedTime":"2026-01-01T00:00:01.5Z"}}"#, "2026-01-01T00:00:01.5Z", 3),
+            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":"2026-01-01T00:00:02Z","count":7}"#, "2026-01-01T00:00:02Z", 7),
+            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":null,"count":0}"#, "2026-01-01T00:00:03.000001Z", 1),
+            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z"}"#, "2026-01-01T00:00:04Z", 1),
+            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"lastTimestamp":"garbage"}"#, "2026-01-01T00:00:05Z", 1),
+        ];
+        for (json, time, count) in cases {
+            let ev: Event = serde_json::from_str(json).unwrap();
+            let occ = ev.occurrence().unwrap();
+            assert_eq!((occ.time, occ.count), (time, count), "{json}");
+        }
+        let ev: Event = serde_json::from_str(r#"{"metadata":{"uid":"u"}}"#).unwrap();
+        assert_eq!(ev.occurrence(), Err(Unshippable::NoTime));
+        let ev: Event = serde_json::from_str(r#"{"metadata":{"creationTimestamp":"2026-01-01T00:00:05Z"}}"#).unwrap();
+        assert_eq!(ev.occurrence(), Err(Unshippable::NoUid));
+    }
+
+    #[test]
+    fn json_strings_escape_control_characters() {
+        let mut out = String::new();
+        write_json_str("a\u{1}b\"c\\d\u{7f}é", &mut out);
+        assert_eq!(out, "\"a\\u0001b\\\"c\\\\d\u{7f}é\"");
+    }
+
+    #[test]
+    fn integers_format_without_allocating() {
+        for v in [0i64, 1, 9, 10, 12345, -7, i64::MAX, i64::MIN] {
+            assert_eq!(itoa_buf(v).as_str(), v.to_string());
+        }
+    }
+}
