@@ -1,7 +1,245 @@
-//! kube-event (skeleton)
+//! kube-event: watches every Kubernetes Event and ships each occurrence to Grafana Loki,
+//! once, with the time it happened.
+//!
+//! Three threads: the watcher lists and watches `/api/v1/events` (`watcher`, `kube`), decides
+//! which objects show a new occurrence (`ship`) and appends their lines to the queue of
+//! batches (`loki::Queue`); the pusher sends sealed batches to Loki (`loki`); the main thread
+//! handles signals and the shutdown. See ARCHITECTURE.md.
+//!
+//! Log levels: `error` = data lost or kube-event cannot work (a rejected batch, a permission
+//! missing); `warn` = a retry, a skipped frame, a configuration oddity; `info` = lifecycle
+//! (started, listed N events, relisted, shut down); `debug` = state transitions and pushes;
+//! `trace` = wire detail. No level ever logs a token, password, key or Authorization header.
+
+pub mod backoff;
 pub mod base64;
-pub mod kube;
-pub mod event;
-pub mod time;
 pub mod batch;
 pub mod config;
+pub mod event;
+pub mod kube;
+pub mod loki;
+pub mod ship;
+pub mod shutdown;
+pub mod stats;
+pub mod time;
+pub mod tls;
+pub mod watcher;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use crate::config::Config;
+use crate::ship::{Output, Shipper};
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+/// How long the final push may take after SIGTERM/SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A failure that ends the program, with the exit code it maps to.
+#[derive(Debug)]
+pub enum Error {
+    /// Usage or configuration: exit 2.
+    Config(String),
+    /// Something failed at run time: exit 1.
+    Runtime(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(m) | Error::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Runtime(_) => 1,
+        }
+    }
+}
+
+/// What the main thread hears about.
+enum Msg {
+    Signal(i32),
+    WatcherStopped(Result<(), String>),
+    PusherStopped,
+}
+
+/// Runs kube-event until SIGTERM/SIGINT (or, with `--stdout`, until standard output closes).
+pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
+    let access = kube::kubeconfig::resolve_from_env(
+        config.kubeconfig.as_deref(),
+        config.kube_context.as_deref(),
+    )
+    .map_err(|e| Error::Config(format!("cluster access: {e}")))?;
+    info!(
+        "cluster access: {}; server {}; user {} ({})",
+        access.source,
+        access.server,
+        access.user,
+        access.credentials.describe()
+    );
+    let kube = kube::client::Client::new(access)
+        .map_err(|e| Error::Config(format!("cluster access: {e}")))?;
+
+    let stats = Arc::new(Stats::default());
+    let shutdown = Shutdown::new();
+    let (tx, rx) = mpsc::channel::<Msg>();
+
+    // Signals first, so that a SIGTERM during startup is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| Error::Runtime(format!("cannot install signal handlers: {e}")))?;
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(Msg::Signal(sig)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
+    }
+
+    let (output, queue) = if stdout {
+        (Output::Stdout, None)
+    } else {
+        let client = loki::Client::new(&config.loki).map_err(|e| Error::Config(e.to_string()))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Config(format!(
+                "DATA_DIR {}: cannot create it: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        info!(
+            "pushing to {} every {}s or at {} bytes",
+            client.url(),
+            config.push_interval.as_secs(),
+            config.batch_max_bytes
+        );
+        let queue = Arc::new(loki::Queue::new(
+            config.push_interval,
+            config.batch_max_bytes,
+            config.labels.clone(),
+        ));
+        let rejected_dir = config.data_dir.join("rejected");
+        let (q, st, tx) = (queue.clone(), stats.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name("pusher".into())
+            .spawn(move || {
+                loki::run_pusher(&q, client, &st, &rejected_dir);
+                let _ = tx.send(Msg::PusherStopped);
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
+        (Output::Loki(queue.clone()), Some(queue))
+    };
+
+    let shipper = Shipper::new(output, stats.clone(), config.enable_detailed);
+    let mut first_list = true;
+    let on_listed: watcher::OnListed = Box::new(move |n| {
+        if first_list {
+            first_list = false;
+            info!("first list done ({n} events); kube-event is up");
+        }
+    });
+    let w = watcher::Watcher::new(kube, shipper, shutdown.clone(), stats.clone(), on_listed);
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || {
+                let r = w.run().map_err(|e| format!("standard output closed: {}", e.0));
+                let _ = tx.send(Msg::WatcherStopped(r));
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
+    }
+    drop(tx);
+
+    // Wait for the first reason to stop.
+    let reason = loop {
+        match rx.recv() {
+            Ok(Msg::Signal(sig)) => break format!("signal {}", signal_name(sig)),
+            Ok(Msg::WatcherStopped(Ok(()))) => break "watcher stopped".to_string(),
+            Ok(Msg::WatcherStopped(Err(e))) => {
+                if stdout {
+                    // `kube-event --stdout | head`: the reader is done, so are we.
+                    info!("{e}; stopping");
+                    return Ok(());
+                }
+                break e;
+            }
+            Ok(Msg::PusherStopped) => {
+                return Err(Error::Runtime("the pusher stopped unexpectedly".into()));
+            }
+            Err(_) => return Err(Error::Runtime("all threads stopped".into())),
+        }
+    };
+    shutdown.trigger();
+    let Some(queue) = queue else {
+        info!("{reason}: stopping");
+        return Ok(());
+    };
+    let pending = queue.pending();
+    info!("{reason}: stopping; pushing the {pending} entries still queued (at most {}s)", SHUTDOWN_GRACE.as_secs());
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    queue.close(deadline);
+    loop {
+        // A little past the deadline: the pusher gives up at the deadline itself, unless it is
+        // stuck inside a push that has not timed out yet.
+        let left = (deadline + Duration::from_secs(1)).saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Msg::PusherStopped) => break,
+            Ok(Msg::Signal(sig)) => {
+                let left = queue.pending();
+                error!(
+                    "second signal ({}): exiting at once; {left} queued entries were not pushed",
+                    signal_name(sig)
+                );
+                return Err(Error::Runtime("stopped by a second signal".into()));
+            }
+            Ok(Msg::WatcherStopped(_)) => {}
+            Err(_) => {
+                let left = queue.pending();
+                error!("the final push did not finish in time; {left} entries were not pushed");
+                return Err(Error::Runtime("final push timed out".into()));
+            }
+        }
+    }
+    let s = &stats;
+    info!(
+        "shut down: received {}, shipped {}, unchanged {}, malformed {}, pushed {}, rejected {}, not pushed {}",
+        Stats::get(&s.received),
+        Stats::get(&s.shipped),
+        Stats::get(&s.unchanged),
+        Stats::get(&s.malformed),
+        Stats::get(&s.pushed),
+        Stats::get(&s.rejected),
+        Stats::get(&s.abandoned)
+    );
+    if Stats::get(&s.abandoned) > 0 {
+        warn!("some entries were not pushed before the deadline");
+    }
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}

@@ -3,4 +3,5 @@
 //! tokens, certificates and keys.
 
 pub(crate) mod auth;
+pub(crate) mod client;
 pub(crate) mod kubeconfig;

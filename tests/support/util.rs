@@ -11,7 +11,11 @@ const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 fn b64_encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..4 {
@@ -153,7 +157,10 @@ pub fn rfc3339_secs(unix_nanos: i128) -> String {
 /// `2026-11-25T19:40:35.215506Z`: a `metav1.MicroTime`.
 pub fn rfc3339_micros(unix_nanos: i128) -> String {
     let (y, mo, d, h, mi, s, ns) = fields(unix_nanos);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", ns / 1000)
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+        ns / 1000
+    )
 }
 
 /// Go's `time.Time.String()` for a UTC time: `2026-11-25 17:35:05.29176448 +0000 UTC`.

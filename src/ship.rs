@@ -1,0 +1,207 @@
+//! Deciding which event objects show a new occurrence, and handing those to the output:
+//! the Loki queue, or standard output with `--stdout`.
+//!
+//! An event object shows a new occurrence when its line (see `event.rs`) differs from the
+//! last line shipped for the same uid and its count did not go backwards. So a relist
+//! (after a 410 or a restart of the watch) ships nothing already shipped, a MODIFIED that
+//! only bumps `count`/`lastTimestamp` ships one new line, and a MODIFIED that changes nothing
+//! a user can see (managedFields, annotations) ships nothing. The memory holds a count and a
+//! 64-bit hash per uid and forgets an event when it is deleted or not seen for
+//! `RETENTION` (events live one hour after their last update).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use serde_json::value::RawValue;
+
+use crate::batch::{fnv1a, FNV_OFFSET};
+use crate::event::Event;
+use crate::loki::Queue;
+use crate::stats::Stats;
+
+/// How long an event not seen is remembered: the default event TTL (1 h) plus a margin.
+const RETENTION: Duration = Duration::from_secs(7200);
+/// How often forgotten events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+pub enum Output {
+    Stdout,
+    Loki(Arc<Queue>),
+}
+
+/// Standard output went away (a closed pipe): there is no one left to print to.
+#[derive(Debug)]
+pub struct OutputClosed(pub std::io::Error);
+
+pub struct Shipper {
+    seen: HashMap<Box<str>, Seen>,
+    line: String,
+    output: Output,
+    stats: Arc<Stats>,
+    detailed: bool,
+    last_prune: Instant,
+}
+
+struct Seen {
+    count: i64,
+    line_hash: u64,
+    touched: Instant,
+}
+
+impl Shipper {
+    pub fn new(output: Output, stats: Arc<Stats>, detailed: bool) -> Self {
+        Shipper {
+            seen: HashMap::new(),
+            line: String::with_capacity(4096),
+            output,
+            stats,
+            detailed,
+            last_prune: Instant::now(),
+        }
+    }
+
+    /// An ADDED or MODIFIED object, or a list item: ships it if it shows a new occurrence.
+    /// The object's resourceVersion, when it has one, is written to `rv` (parsing the object
+    /// once serves both).
+    pub fn offer(&mut self, raw: &RawValue, rv: &mut String) -> Result<(), OutputClosed> {
+        Stats::add(&self.stats.received, 1);
+        let ev: Event = match serde_json::from_str(raw.get()) {
+            Ok(ev) => ev,
+            Err(e) => {
+                Stats::add(&self.stats.malformed, 1);
+                warn!("skipping an event that does not parse ({e}): {}", head(raw.get()));
+                return Ok(());
+            }
+        };
+        if let Some(v) = ev.metadata.resource_version.as_deref().filter(|v| !v.is_empty()) {
+            rv.clear();
+            rv.push_str(v);
+        }
+        let occ = match ev.occurrence() {
+            Ok(o) => o,
+            Err(e) => {
+                Stats::add(&self.stats.malformed, 1);
+                warn!("skipping event: {e}: {}", head(raw.get()));
+                return Ok(());
+            }
+        };
+        ev.write_line(&occ, &mut self.line);
+        let hash = fnv1a(self.line.as_bytes(), FNV_OFFSET);
+        let now = Instant::now();
+        match self.seen.get_mut(ev.uid()) {
+            Some(s) if s.line_hash == hash || occ.count < s.count => {
+                s.touched = now;
+                Stats::add(&self.stats.unchanged, 1);
+                return Ok(());
+            }
+            Some(s) => {
+                s.count = occ.count;
+                s.line_hash = hash;
+                s.touched = now;
+            }
+            None => {
+                self.seen.insert(
+                    ev.uid().into(),
+                    Seen {
+                        count: occ.count,
+                        line_hash: hash,
+                        touched: now,
+                    },
+                );
+            }
+        }
+        Stats::add(&self.stats.shipped, 1);
+        if self.detailed {
+            info!("{}", self.line);
+        }
+        match &self.output {
+            Output::Loki(q) => q.append(ev.labels(), occ.nanos, &self.line),
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(self.line.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+                    .map_err(OutputClosed)?;
+            }
+        }
+        if now.duration_since(self.last_prune) >= PRUNE_EVERY {
+            self.prune(now);
+        }
+        Ok(())
+    }
+
+    /// A DELETED object: the event expired, it cannot show up again.
+    pub fn forget(&mut self, uid: &str) {
+        self.seen.remove(uid);
+    }
+
+    /// How many events are remembered.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.last_prune = now;
+        self.seen
+            .retain(|_, s| now.duration_since(s.touched) < RETENTION);
+    }
+}
+
+/// The first 200 bytes of a frame, for a log line.
+pub fn head(s: &str) -> &str {
+    match s.char_indices().find(|(i, _)| *i >= 200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(uid: &str, count: i64, last: &str, extra: &str) -> Box<RawValue> {
+        RawValue::from_string(format!(
+            r#"{{"metadata":{{"uid":"{uid}","namespace":"ns","name":"e","resourceVersion":"{extra}"}},"involvedObject":{{"kind":"Pod","name":"p"}},"reason":"BackOff","type":"Warning","count":{count},"lastTimestamp":"{last}"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn ships_each_occurrence_once() {
+        let stats = Arc::new(Stats::default());
+        let q = Arc::new(Queue::new(Duration::from_secs(60), 1 << 20, vec![]));
+        let mut s = Shipper::new(Output::Loki(q.clone()), stats.clone(), false);
+        let mut rv = String::new();
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv).unwrap();
+        // The same object again (a relist), and a MODIFIED with no visible change.
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv).unwrap();
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "2"), &mut rv).unwrap();
+        // A repeat.
+        s.offer(&raw("a", 2, "2026-01-01T00:00:05Z", "3"), &mut rv).unwrap();
+        // An older state seen late never goes backwards.
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv).unwrap();
+        s.offer(&raw("b", 1, "2026-01-01T00:00:02Z", "4"), &mut rv).unwrap();
+        assert_eq!(q.pending(), 3);
+        assert_eq!(rv, "4");
+        assert_eq!(Stats::get(&stats.shipped), 3);
+        assert_eq!(Stats::get(&stats.unchanged), 3);
+        s.forget("a");
+        assert_eq!(s.remembered(), 1);
+    }
+
+    #[test]
+    fn malformed_objects_are_counted_and_skipped() {
+        let stats = Arc::new(Stats::default());
+        let q = Arc::new(Queue::new(Duration::from_secs(60), 1 << 20, vec![]));
+        let mut s = Shipper::new(Output::Loki(q.clone()), stats.clone(), false);
+        for bad in [r#"{"metadata":{"uid":"x"}}"#, r#"{"metadata":"nope"}"#, r#"[]"#] {
+            s.offer(&RawValue::from_string(bad.to_string()).unwrap(), &mut String::new())
+                .unwrap();
+        }
+        assert_eq!(Stats::get(&stats.malformed), 3);
+        assert_eq!(q.pending(), 0);
+    }
+}

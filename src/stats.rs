@@ -1,0 +1,32 @@
+//! Counters of what happened to the events, shared by the threads. Issue-4 metrics will
+//! expose them; for now they feed the log lines at startup, relist and shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Stats {
+    /// Event objects received (list items and watch frames of type ADDED or MODIFIED).
+    pub received: AtomicU64,
+    /// Occurrences handed to the output (queued for Loki, or printed).
+    pub shipped: AtomicU64,
+    /// Objects that showed nothing new (a relisted event, a MODIFIED with no visible change).
+    pub unchanged: AtomicU64,
+    /// Watch frames or list items that could not be parsed or had no uid/time.
+    pub malformed: AtomicU64,
+    /// Entries Loki accepted (2xx).
+    pub pushed: AtomicU64,
+    /// Entries in batches Loki refused for good.
+    pub rejected: AtomicU64,
+    /// Entries still queued when the shutdown deadline passed.
+    pub abandoned: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,318 @@
+//! The list-then-watch state machine over `/api/v1/events` (protocols.md 1 and "Implications").
+//!
+//! ```text
+//! Empty ──list page──▶ Listing{continue, rv} ──last page──▶ Watching{rv}
+//!   ▲                        │ 410 (continue expired)            │ frames move rv forward
+//!   └────────────────────────┘                                    │ end of stream: watch again from rv
+//!   ▲                                                             │
+//!   └──────────── ERROR frame 410 / HTTP 410: relist ◀────────────┘
+//! ```
+//! Any other failure keeps the state and waits a backoff (800 ms doubling to 30 s, with
+//! jitter, honouring `Retry-After`); 401 first makes the credentials be read again. The
+//! resourceVersion is an opaque string: it is stored and sent back, never compared.
+//! The HTTP calls live in `kube::client`; the occurrence logic in `ship`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::event::{Bookmark, Frame, List, Meta, Status};
+use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
+use crate::ship::{head, OutputClosed, Shipper};
+use crate::shutdown::Shutdown;
+
+/// Where the watcher is. Each variant says how it is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Nothing is known: list from the first page (quorum read). Left for `Listing` or
+    /// `Watching` after the first page.
+    Empty,
+    /// Between list pages: `continue_` fetches the next one of the snapshot at `rv`. A 410
+    /// (the token expired) goes back to `Empty`.
+    Listing { continue_: String, rv: String },
+    /// Watch from `rv`. The end of a stream re-enters this state with the last rv seen; an
+    /// ERROR frame or HTTP 410 goes to `Empty`.
+    Watching { rv: String },
+    /// Shutdown was requested, or the output closed.
+    Stopped,
+}
+
+/// Called once after every complete list (used for readiness and the startup log).
+pub type OnListed = Box<dyn FnMut(usize) + Send>;
+
+pub struct Watcher {
+    client: Client,
+    path: String,
+    shipper: Shipper,
+    shutdown: Shutdown,
+    backoff: Backoff,
+    line: Vec<u8>,
+    listed: usize,
+    on_listed: OnListed,
+    stats: Arc<crate::stats::Stats>,
+}
+
+/// A watch that ends within this time without a single frame counts as a failure, so that a
+/// server closing streams at once cannot make kube-event reconnect in a tight loop
+/// (client-go's reflector does the same).
+const SHORT_WATCH: Duration = Duration::from_secs(1);
+
+impl Watcher {
+    pub fn new(
+        client: Client,
+        shipper: Shipper,
+        shutdown: Shutdown,
+        stats: Arc<crate::stats::Stats>,
+        on_listed: OnListed,
+    ) -> Self {
+        Watcher {
+            client,
+            path: "/api/v1/events".to_string(),
+            shipper,
+            shutdown,
+            backoff: Backoff::apiserver(),
+            line: Vec::with_capacity(64 * 1024),
+            listed: 0,
+            on_listed,
+            stats,
+        }
+    }
+
+    /// Runs until shutdown. Returns `Err` only when the output is gone (`--stdout` into a
+    /// closed pipe).
+    pub fn run(mut self) -> Result<(), OutputClosed> {
+        let mut state = State::Empty;
+        loop {
+            if self.shutdown.is_set() {
+                return Ok(());
+            }
+            debug!("watcher state: {state:?}");
+            state = match self.step(state)? {
+                State::Stopped => return Ok(()),
+                next => next,
+            };
+        }
+    }
+
+    /// Does the I/O of one state and returns the next.
+    pub fn step(&mut self, state: State) -> Result<State, OutputClosed> {
+        match state {
+            State::Empty => self.list(None, None),
+            State::Listing { continue_, rv } => self.list(Some(&continue_), Some(rv)),
+            State::Watching { rv } => self.watch(rv),
+            State::Stopped => Ok(State::Stopped),
+        }
+    }
+
+    fn list(&mut self, continue_: Option<&str>, rv: Option<String>) -> Result<State, OutputClosed> {
+        if continue_.is_none() {
+            self.listed = 0;
+        }
+        let body = match self.client.list_page(&self.path, continue_) {
+            Ok(b) => b,
+            Err(client::Error::Status { code: 410, message, .. }) => {
+                info!("list continue token expired ({message}); listing again from the start");
+                return Ok(State::Empty);
+            }
+            Err(e) => {
+                self.failed("list events", &e);
+                return Ok(match (continue_, rv) {
+                    (Some(c), Some(rv)) => State::Listing {
+                        continue_: c.to_string(),
+                        rv,
+                    },
+                    _ => State::Empty,
+                });
+            }
+        };
+        let list: List = match serde_json::from_slice(&body) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(
+                    "the API server sent a list that does not parse ({e}): {}",
+                    head(&String::from_utf8_lossy(&body))
+                );
+                self.pause(None);
+                return Ok(State::Empty);
+            }
+        };
+        let mut item_rv = String::new();
+        for item in &list.items {
+            self.shipper.offer(item, &mut item_rv)?;
+        }
+        self.listed += list.items.len();
+        let page_rv = list.metadata.resource_version.as_deref().unwrap_or("");
+        let rv = rv.unwrap_or_else(|| page_rv.to_string());
+        match list.metadata.continue_.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => Ok(State::Listing {
+                continue_: c.to_string(),
+                rv,
+            }),
+            None => {
+                info!(
+                    "listed {} events at resourceVersion {rv}; watching",
+                    self.listed
+                );
+                (self.on_listed)(self.listed);
+                if rv.is_empty() {
+                    warn!("the list had no resourceVersion; listing again");
+                    self.pause(None);
+                    return Ok(State::Empty);
+                }
+                Ok(State::Watching { rv })
+            }
+        }
+    }
+
+    fn watch(&mut self, mut rv: String) -> Result<State, OutputClosed> {
+        let started = Instant::now();
+        let mut stream = match self.client.watch(&self.path, &rv, WATCH_TIMEOUT_SECS) {
+            Ok(s) => s,
+            Err(client::Error::Status { code: 410, message, .. }) => {
+                info!("watch from resourceVersion {rv} expired ({message}); listing again");
+                return Ok(State::Empty);
+            }
+            Err(e) => {
+                self.failed("watch events", &e);
+                return Ok(State::Watching { rv });
+            }
+        };
+        let mut frames = 0u64;
+        loop {
+            if self.shutdown.is_set() {
+                return Ok(State::Stopped);
+            }
+            match stream.next_line(&mut self.line) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("watch stream broke after {frames} frames: {e}; watching again from resourceVersion {rv}");
+                    self.pause(None);
+                    return Ok(State::Watching { rv });
+                }
+            }
+            frames += 1;
+            let line = trim_ascii(&self.line);
+            if line.is_empty() {
+                continue;
+            }
+            let frame: Frame = match serde_json::from_slice(line) {
+                Ok(f) => f,
+                Err(e) => {
+                    crate::stats::Stats::add(&self.stats.malformed, 1);
+                    warn!(
+                        "skipping a watch frame that does not parse ({e}): {}",
+                        head(&String::from_utf8_lossy(line))
+                    );
+                    continue;
+                }
+            };
+            match &*frame.kind {
+                "ADDED" | "MODIFIED" => {
+                    self.shipper.offer(frame.object, &mut rv)?;
+                }
+                "DELETED" => {
+                    if let Ok(b) = serde_json::from_str::<Bookmark>(frame.object.get()) {
+                        if let Some(uid) = b.metadata.uid.as_deref() {
+                            self.shipper.forget(uid);
+                        }
+                        if let Some(v) = b.metadata.resource_version.as_deref() {
+                            rv = v.to_string();
+                        }
+                    }
+                }
+                "BOOKMARK" => {
+                    if let Some(v) = object_rv(frame.object.get()) {
+                        debug!("bookmark at resourceVersion {v}");
+                        rv = v;
+                    }
+                }
+                "ERROR" => {
+                    let status: Status = serde_json::from_str(frame.object.get()).unwrap_or_default();
+                    if status.code == 410 || status.reason == "Expired" || status.reason == "Gone" {
+                        info!(
+                            "watch from resourceVersion {rv} expired ({}); listing again",
+                            status.message
+                        );
+                        return Ok(State::Empty);
+                    }
+                    warn!(
+                        "watch ERROR frame: {} {} {}; watching again from resourceVersion {rv}",
+                        status.code, status.reason, status.message
+                    );
+                    self.pause(None);
+                    return Ok(State::Watching { rv });
+                }
+                other => {
+                    warn!("skipping a watch frame of unknown type {other:?}");
+                }
+            }
+        }
+        if frames == 0 && started.elapsed() < SHORT_WATCH {
+            warn!("the watch ended at once without a frame; waiting before watching again");
+            self.pause(None);
+        } else {
+            debug!("watch ended after {frames} frames; watching again from resourceVersion {rv}");
+        }
+        Ok(State::Watching { rv })
+    }
+
+    /// Logs a failed call at the level it deserves and waits the backoff.
+    fn failed(&mut self, what: &str, e: &client::Error) {
+        let retry_after = match e {
+            client::Error::Status {
+                code: 401, ..
+            } => {
+                warn!("cannot {what}: {e}; reading the credentials again");
+                self.client.invalidate_credentials();
+                None
+            }
+            client::Error::Status { code: 403, message, .. } => {
+                error!(
+                    "cannot {what}: forbidden: {message}. kube-event needs get, list and watch on \
+                     events (API group \"\") at cluster scope: apply deploy/rbac.yaml or see README.md"
+                );
+                None
+            }
+            client::Error::Status {
+                code,
+                retry_after,
+                ..
+            } if *code == 429 || *code >= 500 => {
+                warn!("cannot {what}: {e}; retrying");
+                *retry_after
+            }
+            client::Error::Status { .. } | client::Error::Credentials(_) => {
+                error!("cannot {what}: {e}; retrying");
+                None
+            }
+            client::Error::Transport(_) => {
+                warn!("cannot {what}: {e}; retrying");
+                None
+            }
+        };
+        self.pause(retry_after);
+    }
+
+    fn pause(&mut self, retry_after: Option<Duration>) {
+        let d = self.backoff.failure(retry_after);
+        debug!("waiting {:.1}s before the next call", d.as_secs_f64());
+        self.shutdown.sleep(d);
+    }
+}
+
+fn object_rv(object: &str) -> Option<String> {
+    let m: Bookmark = serde_json::from_str(object).ok()?;
+    let Meta {
+        resource_version, ..
+    } = m.metadata;
+    resource_version.map(|v| v.into_owned()).filter(|v| !v.is_empty())
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    &b[start..end]
+}

@@ -1,0 +1,604 @@
+//! A fake Grafana Loki push endpoint answering like the recordings in
+//! `shared/fixtures/loki/push-answers.txt`: 204 with an empty body on success, plain-text
+//! `http.Error` bodies otherwise, Loki's validation (content type, encoding, timestamps as
+//! strings, label names and count, line size, too old / too new / too far behind) with its
+//! partial success (good entries stored, then 400).
+//!
+//! Unlike Loki it records every stored entry raw, duplicates included, so tests can count
+//! what the product sent twice. Tests script failures (`fail_next`, `set_rule`), require
+//! headers, and make the server go away and come back on the same port.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::http::{Conn, HttpServer, Request, Response};
+use super::pki::TestPki;
+use super::util::{go_time_string, now_nanos, rfc3339_secs, Shared};
+
+/// One stored log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub labels: BTreeMap<String, String>,
+    /// Unix nanoseconds, as the string that was pushed.
+    pub ts: String,
+    pub line: String,
+    /// Structured metadata (the optional third element), empty if none.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One well-formed push request and how it was answered.
+#[derive(Clone, Debug)]
+pub struct Push {
+    /// Request headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub streams: Vec<(BTreeMap<String, String>, Vec<(String, String)>)>,
+    pub status: u16,
+}
+
+/// Every push request (well-formed or not) and its answer.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+type Rule = Arc<dyn Fn(&Entry) -> Option<(u16, String)> + Send + Sync>;
+
+struct Scripted {
+    status: u16,
+    body: String,
+    retry_after: Option<String>,
+}
+
+struct State {
+    entries: Vec<Entry>,
+    pushes: Vec<Push>,
+    attempts: Vec<Attempt>,
+    failures: VecDeque<Scripted>,
+    rule: Option<Rule>,
+    required: Vec<(String, String)>,
+    /// Highest timestamp per stream (for "entry too far behind").
+    highest: HashMap<BTreeMap<String, String>, i128>,
+    validate_time: bool,
+}
+
+/// The fake Loki. Stops on Drop.
+pub struct FakeLoki {
+    shared: Arc<Shared<State>>,
+    http: HttpServer,
+    tls: bool,
+}
+
+// Loki defaults (pkg/validation/limits.go, v3.7): 7d reject_old_samples_max_age, 10m
+// creation_grace_period, 256KB max_line_size, 15 label names, max_chunk_age 2h / 2.
+const MAX_AGE_NANOS: i128 = 7 * 24 * 3600 * 1_000_000_000;
+const GRACE_NANOS: i128 = 10 * 60 * 1_000_000_000;
+const MAX_LINE: usize = 256 * 1024;
+const MAX_LABELS: usize = 15;
+const BEHIND_NANOS: i128 = 3600 * 1_000_000_000;
+
+/// Labels Loki takes `service_name` from, in order (discover_service_name default).
+const SERVICE_LABELS: [&str; 13] = [
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+];
+
+impl FakeLoki {
+    /// Plain HTTP on 127.0.0.1.
+    pub fn start() -> FakeLoki {
+        FakeLoki::start_with(None)
+    }
+
+    /// HTTPS with the test PKI's server certificate.
+    pub fn start_tls(pki: &TestPki) -> FakeLoki {
+        FakeLoki::start_with(Some(pki.server_config(false)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> FakeLoki {
+        let is_tls = tls.is_some();
+        let shared = Arc::new(Shared::new(State {
+            entries: Vec::new(),
+            pushes: Vec::new(),
+            attempts: Vec::new(),
+            failures: VecDeque::new(),
+            rule: None,
+            required: Vec::new(),
+            highest: HashMap::new(),
+            validate_time: true,
+        }));
+        let handler_shared = shared.clone();
+        let http = HttpServer::start(
+            tls,
+            Arc::new(move |req: &Request, conn: &mut Conn| {
+                let resp = handle(&handler_shared, req);
+                let _ = conn.respond(resp);
+            }),
+        );
+        FakeLoki {
+            shared,
+            http,
+            tls: is_tls,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (or https for `start_tls`), without a path.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http.port())
+    }
+
+    /// `url()` + `/loki/api/v1/push`.
+    pub fn push_url(&self) -> String {
+        format!("{}/loki/api/v1/push", self.url())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.http.port()
+    }
+
+    /// The next `n` push requests are answered `status` with `body` (a newline is added, as
+    /// Go's http.Error does) and nothing is stored.
+    pub fn fail_next(&self, n: usize, status: u16, body: &str, retry_after: Option<&str>) {
+        self.shared.update(|s| {
+            for _ in 0..n {
+                s.failures.push_back(Scripted {
+                    status,
+                    body: body.to_string(),
+                    retry_after: retry_after.map(str::to_string),
+                });
+            }
+        });
+    }
+
+    /// Entries for which `rule` returns `Some((status, message))` are rejected. With a 400
+    /// the other entries are stored (Loki's partial success); with any other status the whole
+    /// push is rejected and nothing is stored. The body is the first rejection's message.
+    pub fn set_rule(&self, rule: impl Fn(&Entry) -> Option<(u16, String)> + Send + Sync + 'static) {
+        self.shared.update(|s| s.rule = Some(Arc::new(rule)));
+    }
+
+    pub fn clear_rule(&self) {
+        self.shared.update(|s| s.rule = None);
+    }
+
+    /// Pushes must carry this header with this value. A missing or different
+    /// `X-Scope-OrgID` gets 401 `no org id`; any other header 401 `Unauthorized`.
+    pub fn require_header(&self, name: &str, value: &str) {
+        self.shared.update(|s| {
+            s.required
+                .push((name.to_ascii_lowercase(), value.to_string()))
+        });
+    }
+
+    /// Turns off the too old / too new / too far behind checks (they use the real clock).
+    pub fn disable_time_checks(&self) {
+        self.shared.update(|s| s.validate_time = false);
+    }
+
+    /// Refuses connections (and cuts open ones) until `come_back`.
+    pub fn go_away(&self) {
+        self.http.go_away();
+    }
+
+    /// Listens again on the same port.
+    pub fn come_back(&self) {
+        self.http.come_back();
+    }
+
+    /// Every stored entry, in arrival order, duplicates included.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.shared.lock().entries.clone()
+    }
+
+    /// Entries whose (labels, ts, line) was stored more than once: one per extra copy.
+    pub fn duplicates(&self) -> Vec<Entry> {
+        duplicates_of(&self.shared.lock().entries)
+    }
+
+    /// Well-formed push requests (successful, partially or wholly rejected by validation).
+    pub fn pushes(&self) -> Vec<Push> {
+        self.shared.lock().pushes.clone()
+    }
+
+    /// Every request to the push endpoint with its answer, including scripted failures.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.shared.lock().attempts.clone()
+    }
+
+    /// Number of pushes answered 204.
+    pub fn push_count(&self) -> usize {
+        self.shared
+            .lock()
+            .attempts
+            .iter()
+            .filter(|a| a.status == 204)
+            .count()
+    }
+
+    /// Waits until at least `n` entries are stored; returns them all.
+    pub fn wait_for_entries(&self, n: usize, timeout: Duration) -> Vec<Entry> {
+        self.shared
+            .wait_until(
+                timeout,
+                &format!("{n} entries in FakeLoki"),
+                |s| s.entries.len() >= n,
+                describe,
+            )
+            .entries
+            .clone()
+    }
+
+    /// Waits until at least `n` push requests arrived (any answer); returns the attempts.
+    pub fn wait_for_attempts(&self, n: usize, timeout: Duration) -> Vec<Attempt> {
+        self.shared
+            .wait_until(
+                timeout,
+                &format!("{n} push requests to FakeLoki"),
+                |s| s.attempts.len() >= n,
+                describe,
+            )
+            .attempts
+            .clone()
+    }
+}
+
+fn describe(s: &State) -> String {
+    let answers: Vec<String> = s
+        .attempts
+        .iter()
+        .map(|a| format!("  {} {}", a.status, a.body.trim_end()))
+        .collect();
+    format!(
+        "{} entries stored; {} push requests answered:\n{}",
+        s.entries.len(),
+        s.attempts.len(),
+        answers.join("\n")
+    )
+}
+
+/// Entries seen more than once (same labels, ts and line): one per extra copy.
+pub fn duplicates_of(entries: &[Entry]) -> Vec<Entry> {
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .iter()
+        .filter(|e| !seen.insert((e.labels.clone(), e.ts.clone(), e.line.clone())))
+        .cloned()
+        .collect()
+}
+
+fn handle(shared: &Arc<Shared<State>>, req: &Request) -> Response {
+    if req.path == "/ready" {
+        return Response::with_body(200, "text/plain; charset=utf-8", "ready\n");
+    }
+    if req.path != "/loki/api/v1/push" {
+        return Response::go_error(404, "404 page not found");
+    }
+    if req.method != "POST" {
+        return Response::go_error(405, "Method Not Allowed");
+    }
+    let (resp, push, stored) = {
+        let mut s = shared.lock();
+        answer(&mut s, req)
+    };
+    shared.update(|s| {
+        s.entries.extend(stored);
+        if let Some(p) = push {
+            s.pushes.push(p);
+        }
+        s.attempts.push(Attempt {
+            status: resp.status,
+            body: String::from_utf8_lossy(&resp.body).into_owned(),
+            headers: req.headers.clone(),
+        });
+    });
+    resp
+}
+
+fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) {
+    for (name, value) in &s.required {
+        if req.header(name) != Some(value.as_str()) {
+            let text = if name == "x-scope-orgid" {
+                "no org id"
+            } else {
+                "Unauthorized"
+            };
+            return (Response::go_error(401, text), None, Vec::new());
+        }
+    }
+    if let Some(f) = s.failures.pop_front() {
+        let mut resp = Response::go_error(f.status, &f.body);
+        if let Some(ra) = f.retry_after {
+            resp = resp.header("Retry-After", &ra);
+        }
+        return (resp, None, Vec::new());
+    }
+    let bad = |text: &str| (Response::go_error(400, text), None, Vec::new());
+    match req.header("content-encoding").unwrap_or("") {
+        "" => {}
+        other => return bad(&format!("Content-Encoding \"{other}\" not supported")),
+    }
+    let content_type = req.header("content-type").unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media.is_empty() {
+        return bad("mime: no media type");
+    }
+    if !media.eq_ignore_ascii_case("application/json") {
+        // Loki would decode snappy protobuf here; the product must send JSON.
+        return bad("snappy: corrupt input");
+    }
+    let parsed = match parse_push(&req.body) {
+        Ok(p) => p,
+        Err(msg) => return bad(&msg),
+    };
+    let tenant = req.header("x-scope-orgid").unwrap_or("fake").to_string();
+    let now = now_nanos();
+    let mut stored = Vec::new();
+    let mut errors: Vec<(u16, String)> = Vec::new();
+    for (labels, values) in &parsed {
+        let stream = stream_string(labels);
+        if let Some((pos, ch)) = bad_label_char(labels) {
+            errors.push((
+                400,
+                format!("couldn't parse labels: 1:{pos}: parse error: unexpected character inside braces: '{ch}'"),
+            ));
+            continue;
+        }
+        let names = labels.len() + usize::from(!labels.contains_key("service_name"));
+        if names > MAX_LABELS {
+            errors.push((
+                400,
+                format!("entry for stream '{stream}' has {names} label names; limit {MAX_LABELS}"),
+            ));
+            continue;
+        }
+        let total = values.len();
+        let mut behind: Vec<(i128, i128)> = Vec::new();
+        for (ts, line, metadata) in values {
+            let nanos: i128 = ts.parse().unwrap_or(0);
+            let entry = Entry {
+                labels: labels.clone(),
+                ts: ts.clone(),
+                line: line.clone(),
+                metadata: metadata.clone(),
+            };
+            if let Some(rule) = &s.rule {
+                if let Some(rejection) = rule(&entry) {
+                    errors.push(rejection);
+                    continue;
+                }
+            }
+            if line.len() > MAX_LINE {
+                errors.push((400, format!("max entry size '{MAX_LINE}' bytes exceeded for stream '{stream}' while adding an entry with length '{}' bytes", line.len())));
+                continue;
+            }
+            if s.validate_time {
+                if nanos < now - MAX_AGE_NANOS {
+                    errors.push((400, format!("entry for stream '{stream}' has timestamp too old: {}, oldest acceptable timestamp is: {}", rfc3339_secs(nanos), rfc3339_secs(now - MAX_AGE_NANOS))));
+                    continue;
+                }
+                if nanos > now + GRACE_NANOS {
+                    errors.push((
+                        400,
+                        format!(
+                            "entry for stream '{stream}' has timestamp too new: {}",
+                            rfc3339_secs(nanos)
+                        ),
+                    ));
+                    continue;
+                }
+                let highest = s.highest.get(labels).copied().unwrap_or(i128::MIN);
+                if highest != i128::MIN && nanos < highest - BEHIND_NANOS {
+                    behind.push((nanos, highest - BEHIND_NANOS));
+                    continue;
+                }
+                if nanos > highest {
+                    s.highest.insert(labels.clone(), nanos);
+                }
+            }
+            stored.push(entry);
+        }
+        if let Some((first, cutoff)) = behind.first() {
+            errors.push((400, format!(
+                "entry with timestamp {} ignored, reason: 'entry too far behind, entry timestamp is: {}, oldest acceptable timestamp is: {}',\nuser '{tenant}', total ignored: {} out of {total} for stream: {stream}",
+                go_time_string(*first), rfc3339_secs(*first), rfc3339_secs(*cutoff), behind.len()
+            )));
+        }
+    }
+    let streams = parsed
+        .iter()
+        .map(|(l, v)| {
+            (
+                l.clone(),
+                v.iter()
+                    .map(|(t, line, _)| (t.clone(), line.clone()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut push = Push {
+        headers: req.headers.clone(),
+        streams,
+        status: 204,
+    };
+    match errors.first() {
+        None => (Response::new(204), Some(push), stored),
+        Some((status, _)) => {
+            let status = *status;
+            let text: Vec<&str> = errors
+                .iter()
+                .filter(|(st, _)| *st == status)
+                .map(|(_, m)| m.as_str())
+                .collect();
+            push.status = status;
+            // A 400 is a partial success: the valid entries were written first.
+            let kept = if status == 400 { stored } else { Vec::new() };
+            (
+                Response::go_error(status, &text.join("\n")),
+                Some(push),
+                kept,
+            )
+        }
+    }
+}
+
+type ParsedStream = (
+    BTreeMap<String, String>,
+    Vec<(String, String, BTreeMap<String, String>)>,
+);
+
+/// Error text in the style of Loki's jsoniter decoder, with its context excerpts.
+fn decoder_error(body: &[u8], at: usize, what: &str) -> String {
+    let end = (at + 10).min(body.len());
+    let near = String::from_utf8_lossy(&body[at.min(end)..end]).into_owned();
+    let ctx_start = at.saturating_sub(40);
+    let ctx_end = (at + 10).min(body.len());
+    let bigger = String::from_utf8_lossy(&body[ctx_start..ctx_end]).into_owned();
+    format!("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: unmarshalerDecoder: {what}, error found in #10 byte of ...|{near}|..., bigger context ...|{bigger}|...")
+}
+
+fn parse_push(body: &[u8]) -> Result<Vec<ParsedStream>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        let at = usize::try_from(e.column()).unwrap_or(0).min(body.len());
+        decoder_error(body, at.saturating_sub(1), &format!("{e}"))
+    })?;
+    let streams = match v.get("streams") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return Err(
+            "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: decode slice: expect [ or n"
+                .into(),
+        ),
+    };
+    let find = |needle: &str| {
+        let text = String::from_utf8_lossy(body);
+        text.find(needle).unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let mut labels = BTreeMap::new();
+        if let Some(obj) = stream.get("stream").and_then(Value::as_object) {
+            for (k, val) in obj {
+                let Some(text) = val.as_str() else {
+                    return Err(decoder_error(body, find(k), "ReadString: expects \" or n"));
+                };
+                labels.insert(k.clone(), text.to_string());
+            }
+        }
+        let mut values = Vec::new();
+        for value in stream
+            .get("values")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let arr = value.as_array().cloned().unwrap_or_default();
+            let ts = match arr.first() {
+                Some(Value::String(t)) => t.clone(),
+                Some(other) => {
+                    let text = other.to_string();
+                    return Err(decoder_error(
+                        body,
+                        find(&text) + text.len(),
+                        "Value looks like Number/Boolean/None, but can't find its end: ',' or '}' symbol",
+                    ));
+                }
+                None => return Err("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: unmarshalerDecoder: Value is array, but can't find closing ']' symbol".into()),
+            };
+            if ts.parse::<i64>().is_err() {
+                return Err(format!("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: unmarshalerDecoder: strconv.ParseInt: parsing \"{ts}\": invalid syntax"));
+            }
+            let line = match arr.get(1) {
+                Some(Value::String(l)) => l.clone(),
+                _ => {
+                    return Err(decoder_error(
+                        body,
+                        find(&ts),
+                        "Value is string, but can't find closing '\"' symbol",
+                    ))
+                }
+            };
+            let mut metadata = BTreeMap::new();
+            if let Some(sm) = arr.get(2) {
+                let Some(obj) = sm.as_object() else {
+                    return Err(decoder_error(
+                        body,
+                        find(&line),
+                        "Value is object, but can't find closing '}' symbol",
+                    ));
+                };
+                for (k, val) in obj {
+                    let Some(text) = val.as_str() else {
+                        let at = find(&format!("\"{k}\"")) + k.len() + 4;
+                        return Err(decoder_error(
+                            body,
+                            at,
+                            "Value is string, but can't find closing '\"' symbol",
+                        ));
+                    };
+                    metadata.insert(k.clone(), text.to_string());
+                }
+            }
+            values.push((ts, line, metadata));
+        }
+        out.push((labels, values));
+    }
+    Ok(out)
+}
+
+/// `{a="1", b="2", service_name="x"}` as Loki prints streams in its errors.
+fn stream_string(labels: &BTreeMap<String, String>) -> String {
+    let mut all = labels.clone();
+    if !all.contains_key("service_name") {
+        let service = SERVICE_LABELS
+            .iter()
+            .find_map(|l| labels.get(*l))
+            .cloned()
+            .unwrap_or_else(|| "unknown_service".to_string());
+        all.insert("service_name".into(), service);
+    }
+    label_string(&all)
+}
+
+fn label_string(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", serde_json::to_string(v).expect("string")))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Position (1-based, in the label string) and character of the first invalid label-name
+/// character, as Loki's label parser reports it.
+fn bad_label_char(labels: &BTreeMap<String, String>) -> Option<(usize, char)> {
+    let text = label_string(labels);
+    let mut offset = 1; // the '{'
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            offset += 2; // ", "
+        }
+        for (j, ch) in k.chars().enumerate() {
+            let ok = ch == '_' || ch.is_ascii_alphabetic() || (j > 0 && ch.is_ascii_digit());
+            if !ok {
+                return Some((offset + j + 1, ch));
+            }
+        }
+        offset += k.len() + 1 + serde_json::to_string(v).expect("string").len();
+    }
+    let _ = text;
+    None
+}
