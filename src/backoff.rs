@@ -20,12 +20,20 @@ impl Backoff {
     /// API server: 800 ms doubling to 30 s, reset after 2 minutes without failure
     /// (client-go reflector and kube-rs `DefaultBackoff`, protocols.md 1.6 and 1.7).
     pub fn apiserver() -> Self {
-        Self::new(Duration::from_millis(800), Duration::from_secs(30), Duration::from_secs(120))
+        Self::new(
+            Duration::from_millis(800),
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+        )
     }
 
     /// Loki: 1 s doubling to 30 s (vector's Loki sink uses the same bounds).
     pub fn loki() -> Self {
-        Self::new(Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(120))
+        Self::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+        )
     }
 
     pub fn new(initial: Duration, max: Duration, reset_after: Duration) -> Self {
@@ -102,7 +110,10 @@ mod tests {
         let mut nominal = 0.8f64;
         for _ in 0..10 {
             let d = b.failure(None).as_secs_f64();
-            assert!(d >= nominal * 0.75 && d < nominal * 1.25, "{d} vs {nominal}");
+            assert!(
+                d >= nominal * 0.75 && d < nominal * 1.25,
+                "{d} vs {nominal}"
+            );
             nominal = (nominal * 2.0).min(30.0);
         }
         b.reset();
@@ -112,16 +123,26 @@ mod tests {
     #[test]
     fn retry_after_wins_and_is_capped() {
         let mut b = Backoff::loki();
-        assert_eq!(b.failure(Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(
+            b.failure(Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
         assert_eq!(b.failure(Some(Duration::from_secs(9999))), MAX_RETRY_AFTER);
         assert_eq!(parse_retry_after(Some(" 1 ")), Some(Duration::from_secs(1)));
-        assert_eq!(parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
         assert_eq!(parse_retry_after(None), None);
     }
 
     #[test]
     fn resets_after_a_healthy_period() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::ZERO);
+        let mut b = Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
         for _ in 0..5 {
             assert!(b.failure(None) < Duration::from_millis(1250));
         }

@@ -77,11 +77,8 @@ impl Batch {
                 });
                 slot.push(self.streams.len() - 1);
                 // {"stream":{...},"values":[]}, plus the labels
-                self.encoded_estimate += 40
-                    + labels.namespace.len()
-                    + labels.kind.len()
-                    + labels.type_.len()
-                    + 64;
+                self.encoded_estimate +=
+                    40 + labels.namespace.len() + labels.kind.len() + labels.type_.len() + 64;
                 self.streams.len() - 1
             }
         };
@@ -238,12 +235,20 @@ mod tests {
     #[test]
     fn estimate_is_close_to_the_real_size() {
         let mut b = Batch::default();
-        let line = r#"{"time":"2026-11-25T19:40:33Z","type":"Warning","message":"Back-off restarting"}"#;
+        let line =
+            r#"{"time":"2026-11-25T19:40:33Z","type":"Warning","message":"Back-off restarting"}"#;
         for i in 0..1000 {
-            b.push(labels("ns", "Pod", "Warning"), 1_795_635_633_000_000_000 + i, line);
+            b.push(
+                labels("ns", "Pod", "Warning"),
+                1_795_635_633_000_000_000 + i,
+                line,
+            );
         }
         let est = b.encoded_size();
         let real = b.seal(&[]).body.len();
-        assert!(est >= real && est < real + real / 4, "estimate {est}, real {real}");
+        assert!(
+            est >= real && est < real + real / 4,
+            "estimate {est}, real {real}"
+        );
     }
 }

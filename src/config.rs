@@ -130,13 +130,11 @@ pub fn locate(
     cli: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<PathBuf>, Error> {
-    let explicit = cli
-        .map(|p| (p.to_path_buf(), "--config"))
-        .or_else(|| {
-            env("KUBE_EVENT_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(|v| (PathBuf::from(v), "KUBE_EVENT_CONFIG"))
-        });
+    let explicit = cli.map(|p| (p.to_path_buf(), "--config")).or_else(|| {
+        env("KUBE_EVENT_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(|v| (PathBuf::from(v), "KUBE_EVENT_CONFIG"))
+    });
     if let Some((path, how)) = explicit {
         if !path.is_file() {
             return Err(Error {
@@ -255,7 +253,10 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             Some(t) => match t.as_str() {
                 "" | "false" | "0" | "no" | "off" => Ok(false),
                 "true" | "1" | "yes" | "on" => Ok(true),
-                _ => Err(err(key, format!("expected true or false, got {:?}", get(key).unwrap().text))),
+                _ => Err(err(
+                    key,
+                    format!("expected true or false, got {:?}", get(key).unwrap().text),
+                )),
             },
         }
     };
@@ -268,7 +269,10 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             .parse()
             .map_err(|_| err(key, format!("expected {what}, got {:?}", v.text)))?;
         if n < min || n > max {
-            return Err(err(key, format!("must be between {min} and {max}, got {n}")));
+            return Err(err(
+                key,
+                format!("must be between {min} and {max}, got {n}"),
+            ));
         }
         Ok(n)
     };
@@ -287,7 +291,10 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         (Some(p), None) => Some(p),
         (None, Some(f)) => {
             let text = std::fs::read_to_string(&f).map_err(|e| {
-                err("LOKI_PASSWORD_FILE", format!("cannot read {}: {e}", f.display()))
+                err(
+                    "LOKI_PASSWORD_FILE",
+                    format!("cannot read {}: {e}", f.display()),
+                )
             })?;
             Some(text.trim_end_matches(['\r', '\n']).to_string())
         }
@@ -308,18 +315,33 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             "basic auth and a bearer token both set; choose one".into(),
         ));
     }
-    for key in ["LOKI_BEARER_TOKEN_FILE", "LOKI_CA_FILE", "LOKI_CLIENT_CERT_FILE", "LOKI_CLIENT_KEY_FILE"] {
+    for key in [
+        "LOKI_BEARER_TOKEN_FILE",
+        "LOKI_CA_FILE",
+        "LOKI_CLIENT_CERT_FILE",
+        "LOKI_CLIENT_KEY_FILE",
+    ] {
         if let Some(p) = path(key) {
             if !p.is_file() {
-                return Err(err(key, format!("{} does not exist or is not a file", p.display())));
+                return Err(err(
+                    key,
+                    format!("{} does not exist or is not a file", p.display()),
+                ));
             }
         }
     }
     let client_cert_file = path("LOKI_CLIENT_CERT_FILE");
     let client_key_file = path("LOKI_CLIENT_KEY_FILE");
     if client_cert_file.is_some() != client_key_file.is_some() {
-        let key = if client_cert_file.is_some() { "LOKI_CLIENT_KEY_FILE" } else { "LOKI_CLIENT_CERT_FILE" };
-        return Err(err(key, "LOKI_CLIENT_CERT_FILE and LOKI_CLIENT_KEY_FILE go together".into()));
+        let key = if client_cert_file.is_some() {
+            "LOKI_CLIENT_KEY_FILE"
+        } else {
+            "LOKI_CLIENT_CERT_FILE"
+        };
+        return Err(err(
+            key,
+            "LOKI_CLIENT_CERT_FILE and LOKI_CLIENT_KEY_FILE go together".into(),
+        ));
     }
     let loki = Loki {
         url,
@@ -334,7 +356,10 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
     };
     if let Some(t) = &loki.tenant_id {
         if t.contains(':') || t.len() > 150 {
-            return Err(err("LOKI_TENANT_ID", "a Loki tenant ID has no ':' and at most 150 bytes".into()));
+            return Err(err(
+                "LOKI_TENANT_ID",
+                "a Loki tenant ID has no ':' and at most 150 bytes".into(),
+            ));
         }
     }
 
@@ -342,11 +367,16 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         None => Vec::new(),
         Some(v) => parse_labels(&v.text).map_err(|m| err("LABELS", m))?,
     };
-    let log_level = string("LOG_LEVEL").unwrap_or_else(|| "info".into()).to_ascii_lowercase();
+    let log_level = string("LOG_LEVEL")
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase();
     if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
         return Err(err(
             "LOG_LEVEL",
-            format!("expected error, warn, info, debug or trace, got {:?}", get("LOG_LEVEL").unwrap().text),
+            format!(
+                "expected error, warn, info, debug or trace, got {:?}",
+                get("LOG_LEVEL").unwrap().text
+            ),
         ));
     }
 
@@ -364,8 +394,13 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             3600,
             "a whole number of seconds",
         )?),
-        batch_max_bytes: number("BATCH_MAX_BYTES", 1 << 20, 1024, 100 << 20, "a whole number of bytes")?
-            as usize,
+        batch_max_bytes: number(
+            "BATCH_MAX_BYTES",
+            1 << 20,
+            1024,
+            100 << 20,
+            "a whole number of bytes",
+        )? as usize,
         enable_detailed: boolean("ENABLE_DETAILED")?,
         log_level,
         warnings,
@@ -381,7 +416,10 @@ fn parse_lines(text: &str, name: &str) -> Result<Vec<(String, usize, String)>, E
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+        let line = line
+            .strip_prefix("export ")
+            .map(str::trim_start)
+            .unwrap_or(line);
         let bad = |message: String| Error {
             location: format!("{name}:{line_no}"),
             key: String::new(),
@@ -413,7 +451,10 @@ fn unquote(v: &str) -> Result<String, String> {
             };
             let after = rest[end + 1..].trim();
             if !after.is_empty() && !after.starts_with('#') {
-                return Err(format!("unexpected text after the closing quote: {:?}", truncate(after)));
+                return Err(format!(
+                    "unexpected text after the closing quote: {:?}",
+                    truncate(after)
+                ));
             }
             return Ok(rest[..end].to_string());
         }
@@ -473,7 +514,9 @@ fn push_url(u: &str) -> Result<String, String> {
         return Err(format!("no host in {:?}", truncate(u)));
     }
     if authority.contains('@') {
-        return Err("credentials in the URL are not accepted; use LOKI_USERNAME and LOKI_PASSWORD".into());
+        return Err(
+            "credentials in the URL are not accepted; use LOKI_USERNAME and LOKI_PASSWORD".into(),
+        );
     }
     if path.is_empty() || path == "/" {
         let scheme = &u[..u.len() - rest.len()];
@@ -487,7 +530,10 @@ fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("expected name=value pairs separated by commas, got {:?}", truncate(part)));
+            return Err(format!(
+                "expected name=value pairs separated by commas, got {:?}",
+                truncate(part)
+            ));
         };
         let (k, v) = (k.trim(), v.trim());
         let v = v.trim_matches('"');
@@ -501,7 +547,9 @@ fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
             ));
         }
         if OWN_LABELS.contains(&k) {
-            return Err(format!("{k:?} is set by kube-event itself and cannot be a static label"));
+            return Err(format!(
+                "{k:?} is set by kube-event itself and cannot be a static label"
+            ));
         }
         if out.iter().any(|(n, _)| n == k) {
             return Err(format!("label {k:?} is given twice"));
@@ -533,7 +581,8 @@ mod tests {
     use super::*;
 
     fn temp_conf(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kube-event-config-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kube-event-config-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("kube-event.conf");
         std::fs::write(&p, text).unwrap();
@@ -563,10 +612,16 @@ mod tests {
              PUSH_INTERVAL_SECONDS=7   # seconds\nDATA_DIR=state\nENABLE_DETAILED=yes\nLOKI_TENANT_ID=a#b\n",
         );
         let c = load(Some(&p), &no_env).unwrap();
-        assert_eq!(c.loki.url.as_deref(), Some("http://loki:3100/loki/api/v1/push"));
+        assert_eq!(
+            c.loki.url.as_deref(),
+            Some("http://loki:3100/loki/api/v1/push")
+        );
         assert_eq!(
             c.labels,
-            vec![("cluster".into(), "prod".into()), ("region".into(), "eu-1".into())]
+            vec![
+                ("cluster".into(), "prod".into()),
+                ("region".into(), "eu-1".into())
+            ]
         );
         assert_eq!(c.push_interval, Duration::from_secs(7));
         let dir = std::fs::canonicalize(p.parent().unwrap()).unwrap();
@@ -579,18 +634,51 @@ mod tests {
     #[test]
     fn bad_values_name_file_line_and_key() {
         let cases = [
-            ("PUSH_INTERVAL_SECONDS=abc", "PUSH_INTERVAL_SECONDS: expected a whole number of seconds, got \"abc\""),
-            ("PUSH_INTERVAL_SECONDS=0", "PUSH_INTERVAL_SECONDS: must be between 1 and 3600, got 0"),
-            ("BATCH_MAX_BYTES=-1", "BATCH_MAX_BYTES: expected a whole number of bytes, got \"-1\""),
-            ("ENABLE_DETAILED=maybe", "ENABLE_DETAILED: expected true or false, got \"maybe\""),
-            ("LOKI_URL=loki:3100", "LOKI_URL: expected an http:// or https:// URL, got \"loki:3100\""),
-            ("LOKI_URL=https://u:p@loki", "LOKI_URL: credentials in the URL are not accepted"),
-            ("LABELS=job=x", "LABELS: \"job\" is set by kube-event itself"),
-            ("LABELS=bad-name=x", "LABELS: \"bad-name\" is not a valid Loki label name"),
+            (
+                "PUSH_INTERVAL_SECONDS=abc",
+                "PUSH_INTERVAL_SECONDS: expected a whole number of seconds, got \"abc\"",
+            ),
+            (
+                "PUSH_INTERVAL_SECONDS=0",
+                "PUSH_INTERVAL_SECONDS: must be between 1 and 3600, got 0",
+            ),
+            (
+                "BATCH_MAX_BYTES=-1",
+                "BATCH_MAX_BYTES: expected a whole number of bytes, got \"-1\"",
+            ),
+            (
+                "ENABLE_DETAILED=maybe",
+                "ENABLE_DETAILED: expected true or false, got \"maybe\"",
+            ),
+            (
+                "LOKI_URL=loki:3100",
+                "LOKI_URL: expected an http:// or https:// URL, got \"loki:3100\"",
+            ),
+            (
+                "LOKI_URL=https://u:p@loki",
+                "LOKI_URL: credentials in the URL are not accepted",
+            ),
+            (
+                "LABELS=job=x",
+                "LABELS: \"job\" is set by kube-event itself",
+            ),
+            (
+                "LABELS=bad-name=x",
+                "LABELS: \"bad-name\" is not a valid Loki label name",
+            ),
             ("LABELS=a=1,a=2", "LABELS: label \"a\" is given twice"),
-            ("LOG_LEVEL=loud", "LOG_LEVEL: expected error, warn, info, debug or trace"),
-            ("LOKI_CA_FILE=/nonexistent/ca.pem", "LOKI_CA_FILE: /nonexistent/ca.pem does not exist"),
-            ("LOKI_PASSWORD=x", "LOKI_PASSWORD: a Loki password needs LOKI_USERNAME too"),
+            (
+                "LOG_LEVEL=loud",
+                "LOG_LEVEL: expected error, warn, info, debug or trace",
+            ),
+            (
+                "LOKI_CA_FILE=/nonexistent/ca.pem",
+                "LOKI_CA_FILE: /nonexistent/ca.pem does not exist",
+            ),
+            (
+                "LOKI_PASSWORD=x",
+                "LOKI_PASSWORD: a Loki password needs LOKI_USERNAME too",
+            ),
             ("LOKI_URL=\"http://x", "LOKI_URL: missing closing \" quote"),
             ("just words", "expected KEY=VALUE, got \"just words\""),
         ];
@@ -609,8 +697,16 @@ mod tests {
         let c = load(Some(&p), &no_env).unwrap();
         assert_eq!(c.log_level, "warn");
         assert_eq!(c.warnings.len(), 2);
-        assert!(c.warnings[0].ends_with(":1: unknown key LOKI_URLL (ignored)"), "{:?}", c.warnings);
-        assert!(c.warnings[1].contains(":3: LOG_LEVEL is set again"), "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].ends_with(":1: unknown key LOKI_URLL (ignored)"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings[1].contains(":3: LOG_LEVEL is set again"),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]
@@ -640,21 +736,40 @@ mod tests {
             "{\n  \"LOKI_URL\": \"http://loki:3100/\",\n  \"PUSH_INTERVAL_SECONDS\": 3,\n  \"ENABLE_DETAILED\": true,\n  \"NOPE\": 1\n}\n",
         );
         let c = load(Some(&p), &no_env).unwrap();
-        assert_eq!(c.loki.url.as_deref(), Some("http://loki:3100/loki/api/v1/push"));
+        assert_eq!(
+            c.loki.url.as_deref(),
+            Some("http://loki:3100/loki/api/v1/push")
+        );
         assert_eq!(c.push_interval, Duration::from_secs(3));
         assert!(c.enable_detailed);
         assert_eq!(c.warnings.len(), 1);
-        assert!(c.warnings[0].ends_with(":5: unknown key NOPE (ignored)"), "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].ends_with(":5: unknown key NOPE (ignored)"),
+            "{:?}",
+            c.warnings
+        );
         let p = temp_conf("json-bad", "{\n  \"BATCH_MAX_BYTES\": \"big\"\n}\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
-        assert!(e.ends_with(":2: BATCH_MAX_BYTES: expected a whole number of bytes, got \"big\""), "{e}");
+        assert!(
+            e.ends_with(":2: BATCH_MAX_BYTES: expected a whole number of bytes, got \"big\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn push_url_adds_the_path_only_when_missing() {
-        assert_eq!(push_url("http://l:3100").unwrap(), "http://l:3100/loki/api/v1/push");
-        assert_eq!(push_url("https://l/").unwrap(), "https://l/loki/api/v1/push");
-        assert_eq!(push_url("https://l/custom/push").unwrap(), "https://l/custom/push");
+        assert_eq!(
+            push_url("http://l:3100").unwrap(),
+            "http://l:3100/loki/api/v1/push"
+        );
+        assert_eq!(
+            push_url("https://l/").unwrap(),
+            "https://l/loki/api/v1/push"
+        );
+        assert_eq!(
+            push_url("https://l/custom/push").unwrap(),
+            "https://l/custom/push"
+        );
     }
 
     #[test]

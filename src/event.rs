@@ -363,20 +363,51 @@ mod tests {
         let (line, nanos, count) = line_of(&json);
         assert_eq!(nanos, 1_795_635_635_215_506_000);
         assert_eq!(count, 2);
-        assert!(line.starts_with(r#"{"time":"2026-11-25T19:40:35.215506Z","type":"Normal""#), "{line}");
-        assert!(line.contains(r#""component":"deployment-controller","host":"deployment-controller-node-1""#), "{line}");
-        assert!(line.contains(r#""first_seen":"2026-11-25T19:40:35.215506Z""#), "{line}");
+        assert!(
+            line.starts_with(r#"{"time":"2026-11-25T19:40:35.215506Z","type":"Normal""#),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                r#""component":"deployment-controller","host":"deployment-controller-node-1""#
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#""first_seen":"2026-11-25T19:40:35.215506Z""#),
+            "{line}"
+        );
         assert!(!line.contains("field_path"), "{line}");
     }
 
     #[test]
     fn time_falls_back_in_order() {
         let cases = [
-            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":"2026-01-01T00:00:02Z","series":{"count":3,"lastObservedTime":"2026-01-01T00:00:01.5Z"}}"#, "2026-01-01T00:00:01.5Z", 3),
-            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":"2026-01-01T00:00:02Z","count":7}"#, "2026-01-01T00:00:02Z", 7),
-            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":null,"count":0}"#, "2026-01-01T00:00:03.000001Z", 1),
-            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z"}"#, "2026-01-01T00:00:04Z", 1),
-            (r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"lastTimestamp":"garbage"}"#, "2026-01-01T00:00:05Z", 1),
+            (
+                r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":"2026-01-01T00:00:02Z","series":{"count":3,"lastObservedTime":"2026-01-01T00:00:01.5Z"}}"#,
+                "2026-01-01T00:00:01.5Z",
+                3,
+            ),
+            (
+                r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":"2026-01-01T00:00:02Z","count":7}"#,
+                "2026-01-01T00:00:02Z",
+                7,
+            ),
+            (
+                r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z","eventTime":"2026-01-01T00:00:03.000001Z","lastTimestamp":null,"count":0}"#,
+                "2026-01-01T00:00:03.000001Z",
+                1,
+            ),
+            (
+                r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"firstTimestamp":"2026-01-01T00:00:04Z"}"#,
+                "2026-01-01T00:00:04Z",
+                1,
+            ),
+            (
+                r#"{"metadata":{"uid":"u","creationTimestamp":"2026-01-01T00:00:05Z"},"lastTimestamp":"garbage"}"#,
+                "2026-01-01T00:00:05Z",
+                1,
+            ),
         ];
         for (json, time, count) in cases {
             let ev: Event = serde_json::from_str(json).unwrap();
@@ -385,7 +416,9 @@ mod tests {
         }
         let ev: Event = serde_json::from_str(r#"{"metadata":{"uid":"u"}}"#).unwrap();
         assert_eq!(ev.occurrence(), Err(Unshippable::NoTime));
-        let ev: Event = serde_json::from_str(r#"{"metadata":{"creationTimestamp":"2026-01-01T00:00:05Z"}}"#).unwrap();
+        let ev: Event =
+            serde_json::from_str(r#"{"metadata":{"creationTimestamp":"2026-01-01T00:00:05Z"}}"#)
+                .unwrap();
         assert_eq!(ev.occurrence(), Err(Unshippable::NoUid));
     }
 

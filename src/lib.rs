@@ -162,7 +162,9 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         std::thread::Builder::new()
             .name("watcher".into())
             .spawn(move || {
-                let r = w.run().map_err(|e| format!("standard output closed: {}", e.0));
+                let r = w
+                    .run()
+                    .map_err(|e| format!("standard output closed: {}", e.0));
                 let _ = tx.send(Msg::WatcherStopped(r));
             })
             .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
@@ -170,23 +172,21 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
     drop(tx);
 
     // Wait for the first reason to stop.
-    let reason = loop {
-        match rx.recv() {
-            Ok(Msg::Signal(sig)) => break format!("signal {}", signal_name(sig)),
-            Ok(Msg::WatcherStopped(Ok(()))) => break "watcher stopped".to_string(),
-            Ok(Msg::WatcherStopped(Err(e))) => {
-                if stdout {
-                    // `kube-event --stdout | head`: the reader is done, so are we.
-                    info!("{e}; stopping");
-                    return Ok(());
-                }
-                break e;
+    let reason = match rx.recv() {
+        Ok(Msg::Signal(sig)) => format!("signal {}", signal_name(sig)),
+        Ok(Msg::WatcherStopped(Ok(()))) => "watcher stopped".to_string(),
+        Ok(Msg::WatcherStopped(Err(e))) => {
+            if stdout {
+                // `kube-event --stdout | head`: the reader is done, so are we.
+                info!("{e}; stopping");
+                return Ok(());
             }
-            Ok(Msg::PusherStopped) => {
-                return Err(Error::Runtime("the pusher stopped unexpectedly".into()));
-            }
-            Err(_) => return Err(Error::Runtime("all threads stopped".into())),
+            e
         }
+        Ok(Msg::PusherStopped) => {
+            return Err(Error::Runtime("the pusher stopped unexpectedly".into()));
+        }
+        Err(_) => return Err(Error::Runtime("all threads stopped".into())),
     };
     shutdown.trigger();
     let Some(queue) = queue else {
@@ -194,7 +194,10 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         return Ok(());
     };
     let pending = queue.pending();
-    info!("{reason}: stopping; pushing the {pending} entries still queued (at most {}s)", SHUTDOWN_GRACE.as_secs());
+    info!(
+        "{reason}: stopping; pushing the {pending} entries still queued (at most {}s)",
+        SHUTDOWN_GRACE.as_secs()
+    );
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     queue.close(deadline);
     loop {

@@ -324,7 +324,10 @@ impl BearerFile {
     fn refresh(&mut self) -> Result<(), String> {
         let meta = std::fs::metadata(&self.path)
             .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         if self.stamp == Some(stamp) {
             return Ok(());
         }

@@ -85,8 +85,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // LOG_LEVEL is the level of kube-event's own messages; libraries only say warnings and
+    // errors (their debug output is wire detail). RUST_LOG, when set, replaces both.
     env_logger::Builder::new()
-        .parse_filters(&config.log_level)
+        .parse_filters(&format!("warn,kube_event={}", config.log_level))
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .target(env_logger::Target::Stderr)

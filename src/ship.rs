@@ -72,11 +72,19 @@ impl Shipper {
             Ok(ev) => ev,
             Err(e) => {
                 Stats::add(&self.stats.malformed, 1);
-                warn!("skipping an event that does not parse ({e}): {}", head(raw.get()));
+                warn!(
+                    "skipping an event that does not parse ({e}): {}",
+                    head(raw.get())
+                );
                 return Ok(());
             }
         };
-        if let Some(v) = ev.metadata.resource_version.as_deref().filter(|v| !v.is_empty()) {
+        if let Some(v) = ev
+            .metadata
+            .resource_version
+            .as_deref()
+            .filter(|v| !v.is_empty())
+        {
             rv.clear();
             rv.push_str(v);
         }
@@ -175,15 +183,21 @@ mod tests {
         let q = Arc::new(Queue::new(Duration::from_secs(60), 1 << 20, vec![]));
         let mut s = Shipper::new(Output::Loki(q.clone()), stats.clone(), false);
         let mut rv = String::new();
-        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv).unwrap();
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
+            .unwrap();
         // The same object again (a relist), and a MODIFIED with no visible change.
-        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv).unwrap();
-        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "2"), &mut rv).unwrap();
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
+            .unwrap();
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "2"), &mut rv)
+            .unwrap();
         // A repeat.
-        s.offer(&raw("a", 2, "2026-01-01T00:00:05Z", "3"), &mut rv).unwrap();
+        s.offer(&raw("a", 2, "2026-01-01T00:00:05Z", "3"), &mut rv)
+            .unwrap();
         // An older state seen late never goes backwards.
-        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv).unwrap();
-        s.offer(&raw("b", 1, "2026-01-01T00:00:02Z", "4"), &mut rv).unwrap();
+        s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
+            .unwrap();
+        s.offer(&raw("b", 1, "2026-01-01T00:00:02Z", "4"), &mut rv)
+            .unwrap();
         assert_eq!(q.pending(), 3);
         assert_eq!(rv, "4");
         assert_eq!(Stats::get(&stats.shipped), 3);
@@ -197,9 +211,16 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let q = Arc::new(Queue::new(Duration::from_secs(60), 1 << 20, vec![]));
         let mut s = Shipper::new(Output::Loki(q.clone()), stats.clone(), false);
-        for bad in [r#"{"metadata":{"uid":"x"}}"#, r#"{"metadata":"nope"}"#, r#"[]"#] {
-            s.offer(&RawValue::from_string(bad.to_string()).unwrap(), &mut String::new())
-                .unwrap();
+        for bad in [
+            r#"{"metadata":{"uid":"x"}}"#,
+            r#"{"metadata":"nope"}"#,
+            r#"[]"#,
+        ] {
+            s.offer(
+                &RawValue::from_string(bad.to_string()).unwrap(),
+                &mut String::new(),
+            )
+            .unwrap();
         }
         assert_eq!(Stats::get(&stats.malformed), 3);
         assert_eq!(q.pending(), 0);

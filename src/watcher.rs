@@ -112,7 +112,9 @@ impl Watcher {
         }
         let body = match self.client.list_page(&self.path, continue_) {
             Ok(b) => b,
-            Err(client::Error::Status { code: 410, message, .. }) => {
+            Err(client::Error::Status {
+                code: 410, message, ..
+            }) => {
                 info!("list continue token expired ({message}); listing again from the start");
                 return Ok(State::Empty);
             }
@@ -170,7 +172,9 @@ impl Watcher {
         let started = Instant::now();
         let mut stream = match self.client.watch(&self.path, &rv, WATCH_TIMEOUT_SECS) {
             Ok(s) => s,
-            Err(client::Error::Status { code: 410, message, .. }) => {
+            Err(client::Error::Status {
+                code: 410, message, ..
+            }) => {
                 info!("watch from resourceVersion {rv} expired ({message}); listing again");
                 return Ok(State::Empty);
             }
@@ -230,7 +234,8 @@ impl Watcher {
                     }
                 }
                 "ERROR" => {
-                    let status: Status = serde_json::from_str(frame.object.get()).unwrap_or_default();
+                    let status: Status =
+                        serde_json::from_str(frame.object.get()).unwrap_or_default();
                     if status.code == 410 || status.reason == "Expired" || status.reason == "Gone" {
                         info!(
                             "watch from resourceVersion {rv} expired ({}); listing again",
@@ -262,14 +267,14 @@ impl Watcher {
     /// Logs a failed call at the level it deserves and waits the backoff.
     fn failed(&mut self, what: &str, e: &client::Error) {
         let retry_after = match e {
-            client::Error::Status {
-                code: 401, ..
-            } => {
+            client::Error::Status { code: 401, .. } => {
                 warn!("cannot {what}: {e}; reading the credentials again");
                 self.client.invalidate_credentials();
                 None
             }
-            client::Error::Status { code: 403, message, .. } => {
+            client::Error::Status {
+                code: 403, message, ..
+            } => {
                 error!(
                     "cannot {what}: forbidden: {message}. kube-event needs get, list and watch on \
                      events (API group \"\") at cluster scope: apply deploy/rbac.yaml or see README.md"
@@ -277,9 +282,7 @@ impl Watcher {
                 None
             }
             client::Error::Status {
-                code,
-                retry_after,
-                ..
+                code, retry_after, ..
             } if *code == 429 || *code >= 500 => {
                 warn!("cannot {what}: {e}; retrying");
                 *retry_after
@@ -308,11 +311,19 @@ fn object_rv(object: &str) -> Option<String> {
     let Meta {
         resource_version, ..
     } = m.metadata;
-    resource_version.map(|v| v.into_owned()).filter(|v| !v.is_empty())
+    resource_version
+        .map(|v| v.into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
     &b[start..end]
 }

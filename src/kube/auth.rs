@@ -15,9 +15,6 @@
 //! No token, password, key or header value is ever logged or put into an error; errors name
 //! files and commands instead.
 
-// Until the watcher uses it (src/kube/mod.rs is pub(crate) and nothing calls in yet).
-#![allow(dead_code)]
-
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -249,10 +246,14 @@ struct TokenFile {
 }
 
 struct CachedToken {
-    /// The last token read successfully; kept when a re-read fails.
+    /// The last token read successfully (kept when a re-read fails), or the kubeconfig
+    /// `token` while the file has never been readable.
     token: String,
+    /// Whether `token` came from the file (and so takes precedence over the fallback).
+    from_file: bool,
     /// When the file was last tried (successfully or not): the next read is due `refresh`
-    /// later, so an unreadable file is retried once a minute, not on every request.
+    /// later, so an unreadable file is retried (and warned about) once a minute, not on
+    /// every request.
     read_at: Instant,
     /// Set by `invalidate()`: re-read on the next call.
     stale: bool,
@@ -285,29 +286,34 @@ impl TokenFile {
             Ok(token) => {
                 *cache = Some(CachedToken {
                     token: token.clone(),
+                    from_file: true,
                     read_at: Instant::now(),
                     stale: false,
                 });
                 Ok(token)
             }
             Err(err) => {
-                if let Some(cached) = cache.as_mut() {
-                    log::warn!("{}; keeping the last token read from it", chain(&err));
+                if let Some(cached) = cache.as_mut().filter(|c| c.from_file) {
+                    log::warn!("{err}; keeping the last token read from it");
                     cached.read_at = Instant::now();
                     cached.stale = false;
                     return Ok(cached.token.clone());
                 }
-                match &self.fallback {
-                    Some(token) => {
-                        log::warn!("{}; using the kubeconfig token instead", chain(&err));
-                        check_token(token).map_err(|reason| Error::TokenInvalid {
-                            source: "static token".to_string(),
-                            reason,
-                        })?;
-                        Ok(token.clone())
-                    }
-                    None => Err(err),
-                }
+                let Some(token) = &self.fallback else {
+                    return Err(err);
+                };
+                log::warn!("{err}; using the kubeconfig token instead");
+                check_token(token).map_err(|reason| Error::TokenInvalid {
+                    source: "static token".to_string(),
+                    reason,
+                })?;
+                *cache = Some(CachedToken {
+                    token: token.clone(),
+                    from_file: false,
+                    read_at: Instant::now(),
+                    stale: false,
+                });
+                Ok(token.clone())
             }
         }
     }
@@ -441,27 +447,26 @@ impl Exec {
     fn run(&self, previous: Option<&str>) -> Result<ExecToken, Error> {
         let command = self.spec.command.clone();
         let started = Instant::now();
-        let mut child = Command::new(self.program())
-            .args(&self.spec.args)
+        let mut cmd = Command::new(self.program());
+        cmd.args(&self.spec.args)
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .env("KUBERNETES_EXEC_INFO", self.exec_info())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::NotFound {
-                    Error::ExecNotFound {
-                        command: command.clone(),
-                        install_hint: self.spec.install_hint.clone(),
-                    }
-                } else {
-                    Error::ExecStartFailed {
-                        command: command.clone(),
-                        source,
-                    }
+            .stderr(Stdio::piped());
+        let mut child = spawn(&mut cmd).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                Error::ExecNotFound {
+                    command: command.clone(),
+                    install_hint: self.spec.install_hint.clone(),
                 }
-            })?;
+            } else {
+                Error::ExecStartFailed {
+                    command: command.clone(),
+                    source,
+                }
+            }
+        })?;
 
         // Both pipes are drained on their own threads so that a chatty plugin cannot block
         // on a full pipe while we wait for it to exit.
@@ -506,6 +511,24 @@ impl Exec {
         }
         parse_exec_credential(&self.spec.api_version, &stdout)
             .map_err(|reason| Error::ExecOutputInvalid { command, reason })
+    }
+}
+
+/// `cmd.spawn()`, retried briefly on ETXTBSY ("text file busy"). That error is transient: the
+/// executable is still open for writing somewhere, because it is being installed, or because
+/// another thread of this process forked while holding it open and the child has not reached
+/// its exec yet (rust-lang/rust#114554; it made the exec tests here flaky).
+fn spawn(cmd: &mut Command) -> io::Result<std::process::Child> {
+    const ETXTBSY: i32 = 26; // Linux, macOS and the BSDs agree
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && attempt < 5 => {
+                attempt += 1;
+                thread::sleep(EXEC_POLL * attempt);
+            }
+            result => return result,
+        }
     }
 }
 
@@ -745,21 +768,10 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// `err` and its sources in one line, for log lines (`main` does the same for fatal errors).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// Getting a credential failed. Never carries the credential itself.
 ///
-/// Like every error in the crate, `Display` does not repeat `source()`: print the chain.
+/// `Display` is the whole story in one line, cause included (callers format errors with `{}`
+/// into strings), so `source()` returns None rather than repeating it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -793,8 +805,8 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::TokenFileRead { path, .. } => {
-                write!(f, "token file {}: cannot read", path.display())
+            Error::TokenFileRead { path, source } => {
+                write!(f, "token file {}: cannot read: {source}", path.display())
             }
             Error::TokenInvalid { source, reason } => write!(f, "{source}: token {reason}"),
             Error::ExecNotFound {
@@ -807,8 +819,8 @@ impl fmt::Display for Error {
                     None => Ok(()),
                 }
             }
-            Error::ExecStartFailed { command, .. } => {
-                write!(f, "exec plugin {command:?}: cannot run")
+            Error::ExecStartFailed { command, source } => {
+                write!(f, "exec plugin {command:?}: cannot run: {source}")
             }
             Error::ExecTimedOut { command, after } => write!(
                 f,
@@ -827,16 +839,7 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::TokenFileRead { source, .. } | Error::ExecStartFailed { source, .. } => {
-                Some(source)
-            }
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -1026,7 +1029,7 @@ mod tests {
             .authorization()
             .unwrap_err();
         assert_eq!(
-            chain(&err),
+            err.to_string(),
             format!(
                 "token file {}: cannot read: No such file or directory (os error 2)",
                 path.display()
@@ -1054,7 +1057,11 @@ mod tests {
             "no file yet"
         );
         fs::write(&path, "from-file").unwrap();
-        creds.invalidate(); // no cached file token: re-read anyway
+        assert_eq!(
+            header(&creds).as_deref(),
+            Some("Bearer static"),
+            "the failed read is not retried on every request"
+        );
         creds.age_token_file(Duration::from_secs(61));
         assert_eq!(header(&creds).as_deref(), Some("Bearer from-file"));
         fs::remove_file(&path).unwrap();

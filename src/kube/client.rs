@@ -84,7 +84,10 @@ impl WatchStream {
 impl Client {
     pub fn new(access: Access) -> Result<Client, String> {
         let t = &access.tls;
-        let client = t.client_cert_pem.as_deref().zip(t.client_key_pem.as_deref());
+        let client = t
+            .client_cert_pem
+            .as_deref()
+            .zip(t.client_key_pem.as_deref());
         let tls = crate::tls::config(t.ca_pem.as_deref(), t.insecure_skip_verify, client)?;
         let base = || {
             ureq::Agent::config_builder()

@@ -15,9 +15,6 @@
 //! The kubeconfig is read as a YAML tree (yaml-rust2) rather than through serde: merging is
 //! per named entry and error messages need the key path, both easier on the tree.
 
-// Until the watcher uses it (src/kube/mod.rs is pub(crate) and nothing calls in yet).
-#![allow(dead_code)]
-
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -52,50 +49,54 @@ pub struct Inputs<'a> {
     pub admin_conf: &'a Path,
 }
 
-/// `Inputs` taken from the real environment, owned; borrow it with `inputs()`.
-#[derive(Debug, Clone)]
-pub struct EnvInputs {
-    pub kubeconfig_key: Option<PathBuf>,
-    pub context: Option<String>,
-    pub service_host: Option<String>,
-    pub service_port: Option<String>,
-    pub kubeconfig_env: Option<String>,
-    pub home: Option<PathBuf>,
-    pub serviceaccount_dir: PathBuf,
-    pub admin_conf: PathBuf,
+/// The environment variables `resolve` looks at, read once.
+struct Env {
+    service_host: Option<String>,
+    service_port: Option<String>,
+    kubeconfig: Option<String>,
+    home: Option<PathBuf>,
 }
 
-impl EnvInputs {
-    /// Reads KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, KUBECONFIG and HOME. Values that
-    /// are not UTF-8 count as unset (HOME is kept as a path).
-    pub fn from_env(kubeconfig_key: Option<&Path>, context: Option<&str>) -> Self {
+impl Env {
+    /// Values that are not UTF-8 count as unset (HOME is taken as a path).
+    fn read() -> Env {
         let var = |name: &str| std::env::var(name).ok();
-        EnvInputs {
-            kubeconfig_key: kubeconfig_key.map(Path::to_path_buf),
-            context: context.map(str::to_string),
+        Env {
             service_host: var("KUBERNETES_SERVICE_HOST"),
             service_port: var("KUBERNETES_SERVICE_PORT"),
-            kubeconfig_env: var("KUBECONFIG"),
+            kubeconfig: var("KUBECONFIG"),
             home: std::env::var_os("HOME")
                 .filter(|h| !h.is_empty())
                 .map(PathBuf::from),
-            serviceaccount_dir: PathBuf::from(SERVICEACCOUNT_DIR),
-            admin_conf: PathBuf::from(ADMIN_CONF),
         }
     }
 
-    pub fn inputs(&self) -> Inputs<'_> {
+    fn inputs<'a>(
+        &'a self,
+        kubeconfig_key: Option<&'a Path>,
+        context: Option<&'a str>,
+    ) -> Inputs<'a> {
         Inputs {
-            kubeconfig_key: self.kubeconfig_key.as_deref(),
-            context: self.context.as_deref(),
+            kubeconfig_key,
+            context,
             service_host: self.service_host.as_deref(),
             service_port: self.service_port.as_deref(),
-            kubeconfig_env: self.kubeconfig_env.as_deref(),
+            kubeconfig_env: self.kubeconfig.as_deref(),
             home: self.home.as_deref(),
-            serviceaccount_dir: &self.serviceaccount_dir,
-            admin_conf: &self.admin_conf,
+            serviceaccount_dir: Path::new(SERVICEACCOUNT_DIR),
+            admin_conf: Path::new(ADMIN_CONF),
         }
     }
+}
+
+/// `resolve` with the real environment (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT,
+/// KUBECONFIG, HOME) and the standard paths `SERVICEACCOUNT_DIR` and `ADMIN_CONF`.
+pub fn resolve_from_env(
+    kubeconfig_key: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Access, Error> {
+    let env = Env::read();
+    resolve(&env.inputs(kubeconfig_key, context))
 }
 
 /// Everything needed to talk to the API server.
@@ -150,10 +151,7 @@ pub fn resolve(inputs: &Inputs) -> Result<Access, Error> {
     let mut tried = Vec::new();
 
     if let Some(path) = inputs.kubeconfig_key {
-        let file = load(path)?.ok_or_else(|| Error::ReadFailed {
-            path: path.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
+        let file = load(path, true)?.expect("load(_, true) returns a file or an error");
         return from_kubeconfig(&[file], inputs.context);
     }
     tried.push("KUBECONFIG key in kube-event.conf: not set".to_string());
@@ -187,7 +185,7 @@ pub fn resolve(inputs: &Inputs) -> Result<Access, Error> {
     if !env_paths.is_empty() {
         let mut files = Vec::new();
         for path in &env_paths {
-            if let Some(file) = load(Path::new(path))? {
+            if let Some(file) = load(Path::new(path), false)? {
                 files.push(file);
             }
         }
@@ -203,7 +201,7 @@ pub fn resolve(inputs: &Inputs) -> Result<Access, Error> {
     match inputs.home {
         Some(home) => {
             let path = home.join(".kube").join("config");
-            if let Some(file) = load(&path)? {
+            if let Some(file) = load(&path, false)? {
                 return from_kubeconfig(&[file], inputs.context);
             }
             tried.push(format!("{}: does not exist", path.display()));
@@ -211,20 +209,12 @@ pub fn resolve(inputs: &Inputs) -> Result<Access, Error> {
         None => tried.push("$HOME/.kube/config: HOME not set".to_string()),
     }
 
-    if let Some(file) = load(inputs.admin_conf)? {
+    if let Some(file) = load(inputs.admin_conf, false)? {
         return from_kubeconfig(&[file], inputs.context);
     }
     tried.push(format!("{}: does not exist", inputs.admin_conf.display()));
 
     Err(Error::NotConfigured { tried })
-}
-
-/// `resolve` with `EnvInputs::from_env`.
-pub fn resolve_from_env(
-    kubeconfig_key: Option<&Path>,
-    context: Option<&str>,
-) -> Result<Access, Error> {
-    resolve(&EnvInputs::from_env(kubeconfig_key, context).inputs())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,11 +279,11 @@ struct File {
     root: Yaml,
 }
 
-/// Reads and parses `path`; `Ok(None)` if it does not exist.
-fn load(path: &Path) -> Result<Option<File>, Error> {
+/// Reads and parses `path`; `Ok(None)` if it does not exist, unless it `must_exist`.
+fn load(path: &Path, must_exist: bool) -> Result<Option<File>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => return Ok(None),
         Err(source) => {
             return Err(Error::ReadFailed {
                 path: path.to_path_buf(),
@@ -920,8 +910,9 @@ fn is_der_sequence(der: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// Cluster access could not be resolved. `Display` names the file and key to fix and does not
-/// repeat `source()`; print the chain.
+/// Cluster access could not be resolved. `Display` names the file and key to fix and includes
+/// the cause (callers format errors with `{}` into strings), so `source()` returns None rather
+/// than repeating it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -990,20 +981,20 @@ impl fmt::Display for Error {
                 f,
                 "environment variable KUBECONFIG={value:?} names no existing file"
             ),
-            Error::ReadFailed { path, .. } => {
-                write!(f, "kubeconfig {}: cannot read", path.display())
+            Error::ReadFailed { path, source } => {
+                write!(f, "kubeconfig {}: cannot read: {source}", path.display())
             }
-            Error::ParseFailed { path, .. } => {
-                write!(f, "kubeconfig {}: not valid YAML", path.display())
+            Error::ParseFailed { path, source } => {
+                write!(f, "kubeconfig {}: not valid YAML: {source}", path.display())
             }
             Error::ReferencedFileFailed {
                 kubeconfig,
                 key,
                 file,
-                ..
+                source,
             } => write!(
                 f,
-                "{}: {key}: cannot read {}",
+                "{}: {key}: cannot read {}: {source}",
                 kubeconfig.display(),
                 file.display()
             ),
@@ -1038,30 +1029,17 @@ impl fmt::Display for Error {
                 }
                 write!(f, "{reason}")
             }
-            Error::InClusterFailed { path, .. } => {
-                write!(
-                    f,
-                    "in-cluster service account: cannot read {}",
-                    path.display()
-                )
-            }
-            Error::CredentialsFailed { origin, .. } => write!(f, "{origin}"),
+            Error::InClusterFailed { path, source } => write!(
+                f,
+                "in-cluster service account: cannot read {}: {source}",
+                path.display()
+            ),
+            Error::CredentialsFailed { origin, source } => write!(f, "{origin}: {source}"),
         }
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::ReadFailed { source, .. }
-            | Error::ReferencedFileFailed { source, .. }
-            | Error::InClusterFailed { source, .. } => Some(source),
-            Error::ParseFailed { source, .. } => Some(source),
-            Error::CredentialsFailed { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -1180,16 +1158,6 @@ MMfIo+q2OWEolcAcxOYF2w==
         inputs.kubeconfig_key = Some(path);
         inputs.context = context;
         resolve(&inputs)
-    }
-
-    fn error_chain(err: &dyn std::error::Error) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(s) = source {
-            text = format!("{text}: {s}");
-            source = s.source();
-        }
-        text
     }
 
     /// A minimal kubeconfig: cluster `c` at `server`, user `u` with `user` (YAML body lines,
@@ -1562,7 +1530,7 @@ MMfIo+q2OWEolcAcxOYF2w==
         fs::remove_file(dir.path("sa/token")).unwrap();
         let err = resolve(&inputs).unwrap_err();
         assert_eq!(
-            error_chain(&err),
+            err.to_string(),
             format!(
                 "in-cluster service account: token file {}: cannot read: No such file or \
                  directory (os error 2)",
@@ -1572,7 +1540,7 @@ MMfIo+q2OWEolcAcxOYF2w==
         fs::remove_file(dir.path("sa/ca.crt")).unwrap();
         let err = resolve(&inputs).unwrap_err();
         assert_eq!(
-            error_chain(&err),
+            err.to_string(),
             format!(
                 "in-cluster service account: cannot read {}: No such file or directory (os error 2)",
                 dir.path("sa/ca.crt").display()
@@ -1667,12 +1635,12 @@ MMfIo+q2OWEolcAcxOYF2w==
         inputs.kubeconfig_env = Some(&unreadable);
         let err = resolve(&inputs).unwrap_err();
         assert!(
-            error_chain(&err).starts_with(&format!(
+            err.to_string().starts_with(&format!(
                 "kubeconfig {}: cannot read: Is a directory",
                 dir.path("sa").display()
             )),
             "{}",
-            error_chain(&err)
+            err.to_string()
         );
 
         // The KUBECONFIG key must exist.
@@ -1680,9 +1648,9 @@ MMfIo+q2OWEolcAcxOYF2w==
         let mut inputs = empty_inputs(&sa, &admin);
         inputs.kubeconfig_key = Some(&gone);
         assert_eq!(
-            error_chain(&resolve(&inputs).unwrap_err()),
+            resolve(&inputs).unwrap_err().to_string(),
             format!(
-                "kubeconfig {}: cannot read: entity not found",
+                "kubeconfig {}: cannot read: No such file or directory (os error 2)",
                 gone.display()
             )
         );
@@ -1798,10 +1766,10 @@ MMfIo+q2OWEolcAcxOYF2w==
         let path = dir.write("config", "clusters: [\n");
         let err = resolve_file(&path, None).unwrap_err();
         assert!(
-            error_chain(&err)
+            err.to_string()
                 .starts_with(&format!("kubeconfig {}: not valid YAML: ", path.display())),
             "{}",
-            error_chain(&err)
+            err.to_string()
         );
 
         let path = dir.write(
@@ -1812,7 +1780,7 @@ MMfIo+q2OWEolcAcxOYF2w==
             ),
         );
         assert_eq!(
-            error_chain(&resolve_file(&path, None).unwrap_err()),
+            resolve_file(&path, None).unwrap_err().to_string(),
             format!(
                 "{}: users[u].client-certificate: cannot read {}: No such file or directory (os error 2)",
                 path.display(),
@@ -1825,7 +1793,7 @@ MMfIo+q2OWEolcAcxOYF2w==
             &kubeconfig("https://k", "    tokenFile: missing-token"),
         );
         assert_eq!(
-            error_chain(&resolve_file(&path, None).unwrap_err()),
+            resolve_file(&path, None).unwrap_err().to_string(),
             format!(
                 "{}: users[u].tokenFile: token file {}: cannot read: No such file or directory (os error 2)",
                 path.display(),
@@ -1854,8 +1822,7 @@ MMfIo+q2OWEolcAcxOYF2w==
             Some("Bearer static")
         );
         dir.write("missing", "from-file");
-        access.credentials.invalidate();
-        // Never read successfully: no cache to invalidate, so the file is read next time.
+        access.credentials.invalidate(); // as after a 401
         assert_eq!(
             access.credentials.authorization().unwrap().as_deref(),
             Some("Bearer from-file")
@@ -1885,6 +1852,23 @@ MMfIo+q2OWEolcAcxOYF2w==
         assert_eq!(
             access.credentials.authorization().unwrap().as_deref(),
             Some("Bearer from-env-arg")
+        );
+    }
+
+    #[test]
+    fn resolve_from_env_passes_key_and_context_through() {
+        // With the KUBECONFIG key set, the real environment cannot change the outcome.
+        let dir = TempDir::new("fromenv");
+        let path = dir.write(
+            "config",
+            &kubeconfig("https://k", "    token: t")
+                .replace("current-context: ctx", "current-context: nope"),
+        );
+        let access = resolve_from_env(Some(&path), Some("ctx")).unwrap();
+        assert_eq!(access.server, "https://k");
+        assert_eq!(
+            access.source,
+            format!("kubeconfig {}, context ctx", path.display())
         );
     }
 

@@ -48,6 +48,8 @@ pub struct Request {
     pub query: BTreeMap<String, String>,
     pub authorization: Option<String>,
     pub client_cn: Option<String>,
+    /// When the request arrived, to check backoff and Retry-After between requests.
+    pub at: std::time::Instant,
     /// `Some(kind)` for collection GETs of events.
     pub kind: Option<Kind>,
     /// The status the fake answered with (200 for watches that started streaming).
@@ -465,17 +467,17 @@ impl FakeApiServer {
         self.shared.lock().requests.clone()
     }
 
-    /// Waits until `pred(log)` holds; panics after `timeout` with the request log.
+    /// Waits until `pred(log)` holds for the request log; returns the log. Panics after
+    /// `timeout` listing every request received.
     pub fn wait_for_requests(
         &self,
-        timeout: Duration,
-        what: &str,
         pred: impl Fn(&[Request]) -> bool,
+        timeout: Duration,
     ) -> Vec<Request> {
         self.shared
             .wait_until(
                 timeout,
-                &format!("FakeApiServer requests: {what}"),
+                "FakeApiServer requests matching the test's predicate",
                 |s| pred(&s.requests),
                 |s| describe_requests(&s.requests),
             )
@@ -485,17 +487,17 @@ impl FakeApiServer {
 
     /// Waits until at least `n` watch requests have arrived in total.
     pub fn wait_for_watches(&self, n: usize, timeout: Duration) {
-        let _ = self.shared.wait_until(
+        drop(self.shared.wait_until(
             timeout,
             &format!("{n} watch requests"),
             |s| s.watch_count >= n,
             |s| describe_requests(&s.requests),
-        );
+        ));
     }
 
     /// Waits until at least `n` watch streams are open (replayed history, waiting for news).
     pub fn wait_for_open_watches(&self, n: usize, timeout: Duration) {
-        let _ = self.shared.wait_until(
+        drop(self.shared.wait_until(
             timeout,
             &format!("{n} open watch streams"),
             |s| s.open_watches >= n,
@@ -506,7 +508,17 @@ impl FakeApiServer {
                     describe_requests(&s.requests)
                 )
             },
-        );
+        ));
+    }
+
+    /// Waits until no watch stream is open (the client hung up or the streams ended).
+    pub fn wait_for_no_open_watches(&self, timeout: Duration) {
+        drop(self.shared.wait_until(
+            timeout,
+            "all watch streams to close",
+            |s| s.open_watches == 0,
+            |s| format!("{} still open", s.open_watches),
+        ));
     }
 
     /// Number of watch requests that got past auth and scripted failures.
@@ -632,6 +644,7 @@ fn handle(shared: &Arc<Shared<State>>, req: &HttpRequest, conn: &mut Conn) {
         query: req.query.iter().cloned().collect(),
         authorization: req.header("authorization").map(str::to_string),
         client_cn: req.peer_cn.clone(),
+        at: std::time::Instant::now(),
         kind,
         status: 0,
         headers: req.headers.clone(),
@@ -673,7 +686,7 @@ fn handle(shared: &Arc<Shared<State>>, req: &HttpRequest, conn: &mut Conn) {
             status_json(
                 405,
                 "MethodNotAllowed",
-                &format!("the server does not allow this method on the requested resource"),
+                "the server does not allow this method on the requested resource",
                 None,
             ),
         );
@@ -766,7 +779,7 @@ fn list(shared: &Arc<Shared<State>>, req: &HttpRequest, ns: Option<String>) -> R
                     status_json(
                         400,
                         "BadRequest",
-                        &format!("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"),
+                        "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
                         None,
                     ),
                 )
@@ -1018,9 +1031,18 @@ pub fn fixtures_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }
 
-/// A fixture file as text, e.g. `fixture_text("apiserver/watch-410.ndjson")`.
+/// A fixture file as text, e.g. `fixture_text("apiserver/watch-410.ndjson")`; a bare file
+/// name is also looked up in `apiserver/` and `loki/`.
 pub fn fixture_text(name: &str) -> String {
-    let path = fixtures_dir().join(name);
+    let dir = fixtures_dir();
+    let path = [
+        dir.join(name),
+        dir.join("apiserver").join(name),
+        dir.join("loki").join(name),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| dir.join(name));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read fixture {path:?}: {e}"))
 }
 

@@ -29,12 +29,15 @@ pub struct Entry {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A stream as pushed: its labels and its (timestamp, line) values.
+pub type PushedStream = (BTreeMap<String, String>, Vec<(String, String)>);
+
 /// One well-formed push request and how it was answered.
 #[derive(Clone, Debug)]
 pub struct Push {
     /// Request headers, names lowercased.
     pub headers: Vec<(String, String)>,
-    pub streams: Vec<(BTreeMap<String, String>, Vec<(String, String)>)>,
+    pub streams: Vec<PushedStream>,
     pub status: u16,
 }
 
@@ -473,7 +476,7 @@ fn decoder_error(body: &[u8], at: usize, what: &str) -> String {
 
 fn parse_push(body: &[u8]) -> Result<Vec<ParsedStream>, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        let at = usize::try_from(e.column()).unwrap_or(0).min(body.len());
+        let at = e.column().min(body.len());
         decoder_error(body, at.saturating_sub(1), &format!("{e}"))
     })?;
     let streams = match v.get("streams") {
@@ -585,7 +588,6 @@ fn label_string(labels: &BTreeMap<String, String>) -> String {
 /// Position (1-based, in the label string) and character of the first invalid label-name
 /// character, as Loki's label parser reports it.
 fn bad_label_char(labels: &BTreeMap<String, String>) -> Option<(usize, char)> {
-    let text = label_string(labels);
     let mut offset = 1; // the '{'
     for (i, (k, v)) in labels.iter().enumerate() {
         if i > 0 {
@@ -599,6 +601,5 @@ fn bad_label_char(labels: &BTreeMap<String, String>) -> Option<(usize, char)> {
         }
         offset += k.len() + 1 + serde_json::to_string(v).expect("string").len();
     }
-    let _ = text;
     None
 }
