@@ -776,3 +776,26 @@ fn version_and_help() {
     assert!(ke.wait_exit(T).success());
     assert!(ke.stdout_text().contains("--stdout"));
 }
+
+#[test]
+fn sigterm_with_loki_down_gives_up_after_the_grace_period_and_exits_0() {
+    let rig = Rig::new();
+    create_events(&rig.api, "demo", "a", 5);
+    rig.loki.go_away();
+    let ke = rig.start(&[]);
+    ke.wait_for_stderr("cannot reach Loki", T);
+    let asked = std::time::Instant::now();
+    ke.sigterm();
+    let status = ke.wait_exit(T);
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", ke.stderr_text());
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "{took:?}"
+    );
+    let log = ke.stderr_text();
+    assert!(
+        log.contains("shutdown deadline passed: 5 entries were not pushed"),
+        "{log}"
+    );
+}
