@@ -579,14 +579,14 @@ fn truncate(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
 
-    fn temp_conf(name: &str, text: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("kube-event-config-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("kube-event.conf");
-        std::fs::write(&p, text).unwrap();
-        p
+    /// Writes `text` as kube-event.conf in a fresh directory, removed when the first value
+    /// of the pair is dropped.
+    fn temp_conf(name: &str, text: &str) -> (TempDir, PathBuf) {
+        let dir = TempDir::new(&format!("config-{name}"));
+        let p = dir.write("kube-event.conf", text);
+        (dir, p)
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn reads_lines_quotes_comments_and_resolves_paths_against_the_file() {
-        let p = temp_conf(
+        let (_dir, p) = temp_conf(
             "lines",
             "# comment\n\nLOKI_URL = \"http://loki:3100\"\nexport LABELS='cluster=prod, region=eu-1'\n\
              PUSH_INTERVAL_SECONDS=7   # seconds\nDATA_DIR=state\nENABLE_DETAILED=yes\nLOKI_TENANT_ID=a#b\n",
@@ -683,7 +683,7 @@ mod tests {
             ("just words", "expected KEY=VALUE, got \"just words\""),
         ];
         for (i, (line, want)) in cases.iter().enumerate() {
-            let p = temp_conf(&format!("bad{i}"), &format!("# header\n\n{line}\n"));
+            let (_dir, p) = temp_conf(&format!("bad{i}"), &format!("# header\n\n{line}\n"));
             let e = load(Some(&p), &no_env).unwrap_err().to_string();
             let prefix = format!("{}:3: ", p.display());
             assert!(e.starts_with(&prefix), "{line}: {e}");
@@ -693,7 +693,7 @@ mod tests {
 
     #[test]
     fn unknown_and_repeated_keys_warn_with_file_and_line() {
-        let p = temp_conf("warn", "LOKI_URLL=x\nLOG_LEVEL=debug\nLOG_LEVEL=warn\n");
+        let (_dir, p) = temp_conf("warn", "LOKI_URLL=x\nLOG_LEVEL=debug\nLOG_LEVEL=warn\n");
         let c = load(Some(&p), &no_env).unwrap();
         assert_eq!(c.log_level, "warn");
         assert_eq!(c.warnings.len(), 2);
@@ -711,7 +711,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file_but_not_kubeconfig() {
-        let p = temp_conf("env", "PUSH_INTERVAL_SECONDS=7\nKUBECONFIG=kc.yaml\n");
+        let (_dir, p) = temp_conf("env", "PUSH_INTERVAL_SECONDS=7\nKUBECONFIG=kc.yaml\n");
         let env = |k: &str| match k {
             "PUSH_INTERVAL_SECONDS" => Some("9".to_string()),
             "KUBECONFIG" => Some("/elsewhere".to_string()),
@@ -731,7 +731,7 @@ mod tests {
 
     #[test]
     fn legacy_config_json_is_read_with_its_types() {
-        let p = temp_conf(
+        let (_dir, p) = temp_conf(
             "json",
             "{\n  \"LOKI_URL\": \"http://loki:3100/\",\n  \"PUSH_INTERVAL_SECONDS\": 3,\n  \"ENABLE_DETAILED\": true,\n  \"NOPE\": 1\n}\n",
         );
@@ -748,7 +748,7 @@ mod tests {
             "{:?}",
             c.warnings
         );
-        let p = temp_conf("json-bad", "{\n  \"BATCH_MAX_BYTES\": \"big\"\n}\n");
+        let (_dir, p) = temp_conf("json-bad", "{\n  \"BATCH_MAX_BYTES\": \"big\"\n}\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
         assert!(
             e.ends_with(":2: BATCH_MAX_BYTES: expected a whole number of bytes, got \"big\""),
@@ -783,7 +783,7 @@ mod tests {
                 "kube-event.conf does not document {key}"
             );
         }
-        let p = temp_conf("sample", sample);
+        let (_dir, p) = temp_conf("sample", sample);
         load(Some(&p), &no_env).unwrap();
     }
 }

@@ -16,11 +16,14 @@ pub mod base64;
 pub mod batch;
 pub mod config;
 pub mod event;
+pub mod http;
 pub mod kube;
 pub mod loki;
 pub mod ship;
 pub mod shutdown;
 pub mod stats;
+#[cfg(test)]
+mod testutil;
 pub mod time;
 pub mod tls;
 pub mod watcher;

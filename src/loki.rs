@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
 
-use crate::backoff::{parse_retry_after, Backoff};
+use crate::backoff::Backoff;
 use crate::batch::{Batch, Sealed};
 use crate::config;
 use crate::event::Labels;
@@ -292,18 +292,7 @@ impl Client {
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = parse_retry_after(
-            resp.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let answer = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
+        let (retry_after, answer) = crate::http::error_answer(&mut resp);
         let answer = answer.trim().to_string();
         match classify(status) {
             Class::Accepted => Outcome::Accepted,

@@ -112,8 +112,8 @@ fn main() -> ExitCode {
     match kube_event::run(config, args.stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logging is set up by now and goes to stderr: one line, once.
             log::error!("{e}");
-            eprintln!("kube-event: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
     }

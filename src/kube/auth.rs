@@ -844,35 +844,9 @@ impl std::error::Error for Error {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "kube-event-auth-{name}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn write_script(path: &Path, body: &str) {
         fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
@@ -981,7 +955,7 @@ mod tests {
     #[test]
     fn token_file_is_cached_then_reread_after_invalidate_and_after_60_s() {
         let dir = TempDir::new("tokenfile");
-        let path = dir.path().join("token");
+        let path = dir.dir().join("token");
         fs::write(&path, "one\n").unwrap();
         let creds = Credentials::token_file(path.clone());
         assert_eq!(header(&creds).as_deref(), Some("Bearer one"));
@@ -1002,7 +976,7 @@ mod tests {
     #[test]
     fn token_file_keeps_the_last_good_token_when_the_file_vanishes() {
         let dir = TempDir::new("vanish");
-        let path = dir.path().join("token");
+        let path = dir.dir().join("token");
         fs::write(&path, "good").unwrap();
         let creds = Credentials::token_file(path.clone());
         assert_eq!(header(&creds).as_deref(), Some("Bearer good"));
@@ -1024,7 +998,7 @@ mod tests {
     #[test]
     fn token_file_errors_when_never_readable() {
         let dir = TempDir::new("missing");
-        let path = dir.path().join("token");
+        let path = dir.dir().join("token");
         let err = Credentials::token_file(path.clone())
             .authorization()
             .unwrap_err();
@@ -1049,7 +1023,7 @@ mod tests {
     #[test]
     fn token_file_wins_over_token_and_token_is_the_fallback() {
         let dir = TempDir::new("fallback");
-        let path = dir.path().join("token");
+        let path = dir.dir().join("token");
         let creds = Credentials::token_file_with_fallback(path.clone(), "static".into());
         assert_eq!(
             header(&creds).as_deref(),
@@ -1077,7 +1051,7 @@ mod tests {
     fn exec_plugin_v1_and_v1beta1() {
         for api_version in EXEC_API_VERSIONS {
             let dir = TempDir::new("exec");
-            let script = dir.path().join("plugin.sh");
+            let script = dir.dir().join("plugin.sh");
             // Echo back what the plugin was given, to check args, env and KUBERNETES_EXEC_INFO.
             write_script(
                 &script,
@@ -1086,19 +1060,19 @@ mod tests {
                      printf '%s\\n' \"$1 $2\" \"$EXTRA\" \"$KUBERNETES_EXEC_INFO\" \"stdin=$line\" > '{}'\n\
                      cat <<EOF\n{{\"apiVersion\":\"{api_version}\",\"kind\":\"ExecCredential\",\
                      \"status\":{{\"token\":\"tok-{api_version}\"}}}}\nEOF\n",
-                    dir.path().join("seen").display()
+                    dir.dir().join("seen").display()
                 ),
             );
             let mut spec = spec(api_version, "./plugin.sh");
             spec.args = vec!["get-token".into(), "--x".into()];
             spec.env = vec![("EXTRA".into(), "extra value".into())];
-            let creds = Credentials::exec(spec, dir.path().to_path_buf());
+            let creds = Credentials::exec(spec, dir.dir().to_path_buf());
             assert_eq!(
                 header(&creds),
                 Some(format!("Bearer tok-{api_version}")),
                 "{api_version}"
             );
-            let seen = fs::read_to_string(dir.path().join("seen")).unwrap();
+            let seen = fs::read_to_string(dir.dir().join("seen")).unwrap();
             let want = format!(
                 "get-token --x\nextra value\n\
                  {{\"apiVersion\":\"{api_version}\",\"kind\":\"ExecCredential\",\"spec\":{{\"interactive\":false}}}}\n\
@@ -1111,13 +1085,13 @@ mod tests {
     #[test]
     fn exec_plugin_gets_cluster_info_when_asked() {
         let dir = TempDir::new("clusterinfo");
-        let script = dir.path().join("plugin.sh");
+        let script = dir.dir().join("plugin.sh");
         write_script(
             &script,
             &format!(
                 "printf '%s' \"$KUBERNETES_EXEC_INFO\" > '{}'\n\
                  echo '{{\"apiVersion\":\"{}\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"t\"}}}}'\n",
-                dir.path().join("seen").display(),
+                dir.dir().join("seen").display(),
                 EXEC_API_VERSIONS[0]
             ),
         );
@@ -1130,7 +1104,7 @@ mod tests {
         let creds = Credentials::exec(spec, "/nonexistent".into());
         assert_eq!(header(&creds).as_deref(), Some("Bearer t"));
         let seen: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(dir.path().join("seen")).unwrap()).unwrap();
+            serde_json::from_str(&fs::read_to_string(dir.dir().join("seen")).unwrap()).unwrap();
         assert_eq!(
             seen["spec"],
             serde_json::json!({"interactive": false, "cluster": {
@@ -1157,14 +1131,14 @@ mod tests {
         ];
         for (status, after_two, after_invalidate) in cases {
             let dir = TempDir::new("expiry");
-            let script = counting_plugin(dir.path(), v1, status);
+            let script = counting_plugin(dir.dir(), v1, status);
             let creds = Credentials::exec(spec(v1, script.to_str().unwrap()), "/".into());
             assert_eq!(header(&creds).as_deref(), Some("Bearer t"));
             assert_eq!(header(&creds).as_deref(), Some("Bearer t"));
-            assert_eq!(calls(dir.path()), after_two, "{status}");
+            assert_eq!(calls(dir.dir()), after_two, "{status}");
             creds.invalidate();
             assert_eq!(header(&creds).as_deref(), Some("Bearer t"));
-            assert_eq!(calls(dir.path()), after_invalidate, "{status}");
+            assert_eq!(calls(dir.dir()), after_invalidate, "{status}");
         }
 
         // Within the leeway of expiry counts as expired.
@@ -1173,14 +1147,14 @@ mod tests {
         let secs = soon.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
         let ts = format_rfc3339(secs);
         let script = counting_plugin(
-            dir.path(),
+            dir.dir(),
             v1,
             &format!(r#"{{"token":"t","expirationTimestamp":"{ts}"}}"#),
         );
         let creds = Credentials::exec(spec(v1, script.to_str().unwrap()), "/".into());
         header(&creds);
         header(&creds);
-        assert_eq!(calls(dir.path()), 2);
+        assert_eq!(calls(dir.dir()), 2);
     }
 
     /// Test helper: seconds since the epoch -> "YYYY-MM-DDTHH:MM:SSZ".
@@ -1231,7 +1205,7 @@ mod tests {
         ];
         for (body, want) in cases {
             let dir = TempDir::new("fail");
-            let script = dir.path().join("plugin.sh");
+            let script = dir.dir().join("plugin.sh");
             write_script(&script, &body);
             let creds = Credentials::exec(spec(v1, script.to_str().unwrap()), "/".into());
             let err = creds.authorization().unwrap_err().to_string();
@@ -1248,8 +1222,8 @@ mod tests {
     fn exec_plugin_stderr_is_scrubbed_of_the_previous_token() {
         let v1 = EXEC_API_VERSIONS[0];
         let dir = TempDir::new("scrub");
-        let script = dir.path().join("plugin.sh");
-        let marker = dir.path().join("ran");
+        let script = dir.dir().join("plugin.sh");
+        let marker = dir.dir().join("ran");
         // First run succeeds with token "s3cr3t"; the second fails and echoes it on stderr.
         write_script(
             &script,
@@ -1281,7 +1255,7 @@ mod tests {
 
         // Relative paths with a '/' resolve against the kubeconfig directory, not the cwd.
         let dir = TempDir::new("relative");
-        let err = Credentials::exec(spec(EXEC_API_VERSIONS[0], "bin/p"), dir.path().into())
+        let err = Credentials::exec(spec(EXEC_API_VERSIONS[0], "bin/p"), dir.dir().into())
             .authorization()
             .unwrap_err();
         assert_eq!(err.to_string(), "exec plugin \"bin/p\" not found");
@@ -1290,7 +1264,7 @@ mod tests {
     #[test]
     fn exec_plugin_that_hangs_is_killed() {
         let dir = TempDir::new("hang");
-        let script = dir.path().join("plugin.sh");
+        let script = dir.dir().join("plugin.sh");
         write_script(&script, "exec sleep 30\n");
         let mut creds = Credentials::exec(
             spec(EXEC_API_VERSIONS[0], script.to_str().unwrap()),

@@ -9,7 +9,6 @@ use ureq::BodyReader;
 
 use super::auth::Credentials;
 use super::kubeconfig::Access;
-use crate::backoff::parse_retry_after;
 use crate::event::Status;
 
 /// 290 s: servers refuse watch timeouts >= 295 s (kube-rs watcher.rs, kubernetes#6513).
@@ -169,18 +168,7 @@ impl Client {
         if (200..300).contains(&code) {
             return Ok(resp);
         }
-        let retry_after = parse_retry_after(
-            resp.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
+        let (retry_after, body) = crate::http::error_answer(&mut resp);
         // Most errors carry a Status object; a 429 has plain text (protocols.md 4.1).
         let status: Status = serde_json::from_str(&body).unwrap_or_else(|_| Status {
             code,

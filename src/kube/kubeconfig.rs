@@ -1044,8 +1044,8 @@ impl std::error::Error for Error {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
     use std::fs;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     // Throwaway test keys, generated once with openssl for these tests only.
     /// `openssl genrsa -traditional 2048` (PKCS#1)
@@ -1102,41 +1102,6 @@ kYyyI+75b547YqIe4yAKNglqN61AgaECesNKBB0CIQDt5IrMbdo+MFD8sKwp/LTa
 MMfIo+q2OWEolcAcxOYF2w==
 -----END CERTIFICATE-----
 ";
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "kube-event-kubeconfig-{name}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        /// Writes `contents` to `name` (creating directories) and returns the path.
-        fn write(&self, name: &str, contents: &str) -> PathBuf {
-            let path = self.0.join(name);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, contents).unwrap();
-            path
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// Inputs with nothing set; service account dir and admin.conf inside `dir` (absent).
     fn empty_inputs<'a>(sa: &'a Path, admin: &'a Path) -> Inputs<'a> {
@@ -1304,12 +1269,12 @@ MMfIo+q2OWEolcAcxOYF2w==
         let third = dir.write("c/config", "current-context: other\n");
         let env = format!(
             "{}::{}:{}:{}",
-            dir.path("missing").display(),
+            dir.join("missing").display(),
             first.display(),
             second.display(),
             third.display()
         );
-        let nowhere = dir.path("nowhere");
+        let nowhere = dir.join("nowhere");
         let mut inputs = empty_inputs(&nowhere, &nowhere);
         inputs.kubeconfig_env = Some(&env);
 
@@ -1363,7 +1328,7 @@ MMfIo+q2OWEolcAcxOYF2w==
              client-key: ../conf/pki/client.key\n    tokenFile: tok\n",
         );
         let env = format!("{}:{}", clusters.display(), users.display());
-        let nowhere = dir.path("nowhere");
+        let nowhere = dir.join("nowhere");
         let mut inputs = empty_inputs(&nowhere, &nowhere);
         inputs.kubeconfig_env = Some(&env);
         let access = resolve(&inputs).unwrap();
@@ -1380,7 +1345,7 @@ MMfIo+q2OWEolcAcxOYF2w==
             access.credentials.describe(),
             format!(
                 "token file {} and client certificate",
-                dir.path("users/tok").display()
+                dir.join("users/tok").display()
             )
         );
     }
@@ -1489,8 +1454,8 @@ MMfIo+q2OWEolcAcxOYF2w==
         let dir = TempDir::new("incluster");
         dir.write("sa/ca.crt", CERT);
         dir.write("sa/token", "sa-token\n");
-        let sa = dir.path("sa");
-        let nowhere = dir.path("nowhere");
+        let sa = dir.join("sa");
+        let nowhere = dir.join("nowhere");
         let cases = [
             ("10.96.0.1", "https://10.96.0.1:443"),
             ("fd00::1", "https://[fd00::1]:443"),
@@ -1527,23 +1492,23 @@ MMfIo+q2OWEolcAcxOYF2w==
             "service account in namespace monitoring"
         );
 
-        fs::remove_file(dir.path("sa/token")).unwrap();
+        fs::remove_file(dir.join("sa/token")).unwrap();
         let err = resolve(&inputs).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
                 "in-cluster service account: token file {}: cannot read: No such file or \
                  directory (os error 2)",
-                dir.path("sa/token").display()
+                dir.join("sa/token").display()
             )
         );
-        fs::remove_file(dir.path("sa/ca.crt")).unwrap();
+        fs::remove_file(dir.join("sa/ca.crt")).unwrap();
         let err = resolve(&inputs).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
                 "in-cluster service account: cannot read {}: No such file or directory (os error 2)",
-                dir.path("sa/ca.crt").display()
+                dir.join("sa/ca.crt").display()
             )
         );
     }
@@ -1563,11 +1528,11 @@ MMfIo+q2OWEolcAcxOYF2w==
             "admin.conf",
             &kubeconfig("https://from-admin", "    token: t"),
         );
-        let sa = dir.path("sa");
-        let home = dir.path("home");
+        let sa = dir.join("sa");
+        let home = dir.join("home");
         let env = env.to_str().unwrap().to_string();
-        let no_home = dir.path("no-home");
-        let no_admin = dir.path("no-admin.conf");
+        let no_home = dir.join("no-home");
+        let no_admin = dir.join("no-admin.conf");
 
         // (key, in-cluster, env, home, admin) -> server
         type Case<'a> = (bool, bool, bool, bool, bool, &'a str);
@@ -1623,7 +1588,7 @@ MMfIo+q2OWEolcAcxOYF2w==
         );
 
         // KUBECONFIG naming only missing files is an error, not a fall-back to $HOME.
-        let missing = format!("{}:", dir.path("missing").display());
+        let missing = format!("{}:", dir.join("missing").display());
         inputs.home = Some(&home);
         inputs.kubeconfig_env = Some(&missing);
         assert_eq!(
@@ -1631,20 +1596,20 @@ MMfIo+q2OWEolcAcxOYF2w==
             format!("environment variable KUBECONFIG={missing:?} names no existing file")
         );
         // ... and an unreadable one is an error too (a directory here).
-        let unreadable = format!("{}:{env}", dir.path("sa").display());
+        let unreadable = format!("{}:{env}", dir.join("sa").display());
         inputs.kubeconfig_env = Some(&unreadable);
         let err = resolve(&inputs).unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
                 "kubeconfig {}: cannot read: Is a directory",
-                dir.path("sa").display()
+                dir.join("sa").display()
             )),
             "{}",
             err.to_string()
         );
 
         // The KUBECONFIG key must exist.
-        let gone = dir.path("gone.conf");
+        let gone = dir.join("gone.conf");
         let mut inputs = empty_inputs(&sa, &admin);
         inputs.kubeconfig_key = Some(&gone);
         assert_eq!(
@@ -1784,7 +1749,7 @@ MMfIo+q2OWEolcAcxOYF2w==
             format!(
                 "{}: users[u].client-certificate: cannot read {}: No such file or directory (os error 2)",
                 path.display(),
-                dir.path("missing.crt").display()
+                dir.join("missing.crt").display()
             )
         );
 
@@ -1797,7 +1762,7 @@ MMfIo+q2OWEolcAcxOYF2w==
             format!(
                 "{}: users[u].tokenFile: token file {}: cannot read: No such file or directory (os error 2)",
                 path.display(),
-                dir.path("missing-token").display()
+                dir.join("missing-token").display()
             )
         );
     }
