@@ -17,6 +17,9 @@ pub struct Batch {
     index: HashMap<u64, Vec<usize>>,
     arena: String,
     entries: usize,
+    /// Journal records of the occurrences in this batch: `uid count hash` lines (spool.rs).
+    records: String,
+    n_records: usize,
     /// Estimated size of the encoded body, for `BATCH_MAX_BYTES`.
     encoded_estimate: usize,
 }
@@ -39,6 +42,9 @@ struct Entry {
 pub struct Sealed {
     pub body: Vec<u8>,
     pub entries: usize,
+    /// The journal records of its occurrences, and how many.
+    pub records: String,
+    pub n_records: usize,
     /// Oldest and newest occurrence time in the batch (Unix ns), for log lines.
     pub oldest: i64,
     pub newest: i64,
@@ -56,6 +62,14 @@ impl Batch {
     /// The size the encoded body will roughly have.
     pub fn encoded_size(&self) -> usize {
         self.encoded_estimate
+    }
+
+    /// Remembers that the occurrence `count` of event `uid`, whose line hashes to `hash`, is
+    /// in this batch (for the journal, once the batch is safe).
+    pub fn record(&mut self, uid: &str, count: i64, hash: u64) {
+        use std::fmt::Write;
+        let _ = writeln!(self.records, "{uid} {count} {hash:016x}");
+        self.n_records += 1;
     }
 
     /// Adds one line to the stream of `labels`.
@@ -91,7 +105,7 @@ impl Batch {
         });
         self.entries += 1;
         // ["<19 digits>","<line>"],
-        self.encoded_estimate += 28 + escaped_len(line);
+        self.encoded_estimate += 28 + crate::event::escaped_len(line);
     }
 
     /// Encodes the batch as a Loki push body and empties it. `static_labels` are the
@@ -133,6 +147,8 @@ impl Batch {
         let sealed = Sealed {
             body: out.into_bytes(),
             entries: self.entries,
+            records: std::mem::take(&mut self.records),
+            n_records: std::mem::replace(&mut self.n_records, 0),
             oldest,
             newest,
         };
@@ -143,17 +159,6 @@ impl Batch {
         self.encoded_estimate = 0;
         sealed
     }
-}
-
-/// The length of `s` as the inside of a JSON string literal.
-fn escaped_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum()
 }
 
 /// Empty label values are left out: Loki treats `l=""` as no label at all.

@@ -31,6 +31,9 @@ pub const KEYS: &[&str] = &[
     "DATA_DIR",
     "PUSH_INTERVAL_SECONDS",
     "BATCH_MAX_BYTES",
+    "SPOOL_MAX_BYTES",
+    "DEDUP_RETENTION_SECONDS",
+    "MAX_LINE_BYTES",
     "ENABLE_DETAILED",
     "LOG_LEVEL",
 ];
@@ -52,6 +55,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub push_interval: Duration,
     pub batch_max_bytes: usize,
+    /// `SPOOL_MAX_BYTES`: the most the spool may hold; the oldest batches go first.
+    pub spool_max_bytes: u64,
+    /// `DEDUP_RETENTION_SECONDS`: how long a shipped event is remembered.
+    pub dedup_retention_secs: u64,
+    /// `MAX_LINE_BYTES`: longer lines have their message cut.
+    pub max_line_bytes: usize,
     pub enable_detailed: bool,
     pub log_level: String,
     /// Problems worth a warning (unknown keys, repeated keys), logged once logging is set up.
@@ -401,6 +410,27 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             100 << 20,
             "a whole number of bytes",
         )? as usize,
+        spool_max_bytes: number(
+            "SPOOL_MAX_BYTES",
+            512 << 20,
+            1024,
+            1 << 40,
+            "a whole number of bytes",
+        )?,
+        dedup_retention_secs: number(
+            "DEDUP_RETENTION_SECONDS",
+            7200,
+            60,
+            30 * 86_400,
+            "a whole number of seconds",
+        )?,
+        max_line_bytes: number(
+            "MAX_LINE_BYTES",
+            256 << 10,
+            1024,
+            100 << 20,
+            "a whole number of bytes",
+        )? as usize,
         enable_detailed: boolean("ENABLE_DETAILED")?,
         log_level,
         warnings,
@@ -602,6 +632,9 @@ mod tests {
         assert!(!c.enable_detailed);
         assert_eq!(c.log_level, "info");
         assert!(c.data_dir.ends_with("data"));
+        assert_eq!(c.spool_max_bytes, 536_870_912);
+        assert_eq!(c.dedup_retention_secs, 7200);
+        assert_eq!(c.max_line_bytes, 262_144);
     }
 
     #[test]

@@ -214,7 +214,35 @@ impl<'a> Event<'a> {
 
     /// Writes the Loki line of `occ` into `out` (cleared first): one JSON object, keys in a
     /// fixed order, empty values left out, so the same occurrence always gives the same bytes.
-    pub fn write_line(&self, occ: &Occurrence<'_>, out: &mut String) {
+    /// A line longer than `max` bytes has its message cut to fit, ending with
+    /// `… [kube-event: N bytes cut]`; returns whether that happened.
+    pub fn write_line(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
+        let msg = s(&self.message);
+        self.render(occ, msg, 0, out);
+        if out.len() <= max || msg.is_empty() {
+            return false;
+        }
+        // Keep the longest prefix of the message whose escaped form, with the marker, fits.
+        let others = out.len() - escaped_len(msg);
+        let marker = "… [kube-event: ".len() + 20 + " bytes cut]".len();
+        let budget = max.saturating_sub(others + marker);
+        let mut keep = 0;
+        let mut used = 0;
+        for (i, c) in msg.char_indices() {
+            let mut buf = [0u8; 4];
+            let w = escaped_len(c.encode_utf8(&mut buf));
+            if used + w > budget {
+                break;
+            }
+            used += w;
+            keep = i + c.len_utf8();
+        }
+        self.render(occ, &msg[..keep], msg.len() - keep, out);
+        true
+    }
+
+    /// The line with `message` in place of the event's, and a cut marker when `cut > 0`.
+    fn render(&self, occ: &Occurrence<'_>, message: &str, cut: usize, out: &mut String) {
         let (component, host) = match non_empty(&self.source.component) {
             Some(c) => (c, s(&self.source.host)),
             None => (s(&self.reporting_component), s(&self.reporting_instance)),
@@ -232,7 +260,15 @@ impl<'a> Event<'a> {
         put_str(out, ",\"kind\":", s(&self.involved_object.kind));
         put_str(out, ",\"name\":", s(&self.involved_object.name));
         put_str(out, ",\"field_path\":", s(&self.involved_object.field_path));
-        put_str(out, ",\"message\":", s(&self.message));
+        if cut == 0 {
+            put_str(out, ",\"message\":", message);
+        } else {
+            out.push_str(",\"message\":\"");
+            write_json_chars(message, out);
+            out.push_str("… [kube-event: ");
+            out.push_str(itoa_buf(cut as i64).as_str());
+            out.push_str(" bytes cut]\"");
+        }
         out.push_str(",\"count\":");
         out.push_str(itoa_buf(occ.count).as_str());
         put_str(out, ",\"first_seen\":", first_seen);
@@ -293,9 +329,26 @@ fn itoa_buf(v: i64) -> ItoaBuf {
     ItoaBuf { buf, start: i }
 }
 
+/// The length of `v` escaped for the inside of a JSON string literal.
+pub fn escaped_len(v: &str) -> usize {
+    v.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Appends `v` as a JSON string literal (quotes included).
 pub fn write_json_str(v: &str, out: &mut String) {
     out.push('"');
+    write_json_chars(v, out);
+    out.push('"');
+}
+
+/// Appends `v` escaped for the inside of a JSON string literal.
+fn write_json_chars(v: &str, out: &mut String) {
     let bytes = v.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -320,7 +373,6 @@ pub fn write_json_str(v: &str, out: &mut String) {
         start = i + 1;
     }
     out.push_str(&v[start..]);
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -331,7 +383,7 @@ mod tests {
         let ev: Event = serde_json::from_str(json).unwrap();
         let occ = ev.occurrence().unwrap();
         let mut out = String::new();
-        ev.write_line(&occ, &mut out);
+        assert!(!ev.write_line(&occ, &mut out, 256 * 1024));
         (out, occ.nanos, occ.count)
     }
 
@@ -420,6 +472,39 @@ mod tests {
             serde_json::from_str(r#"{"metadata":{"creationTimestamp":"2026-01-01T00:00:05Z"}}"#)
                 .unwrap();
         assert_eq!(ev.occurrence(), Err(Unshippable::NoUid));
+    }
+
+    #[test]
+    fn a_long_message_is_cut_with_a_marker_and_the_line_stays_json() {
+        let msg = "é\"x".repeat(100_000);
+        let json = format!(
+            r#"{{"metadata":{{"uid":"u","name":"n"}},"lastTimestamp":"2026-01-01T00:00:00Z","message":{}}}"#,
+            serde_json::to_string(&msg).unwrap()
+        );
+        let ev: Event = serde_json::from_str(&json).unwrap();
+        let occ = ev.occurrence().unwrap();
+        let mut out = String::new();
+        for max in [4096usize, 10_000, 262_144] {
+            assert!(ev.write_line(&occ, &mut out, max));
+            assert!(
+                out.len() <= max && out.len() > max - 200,
+                "{max}: {}",
+                out.len()
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let m = v["message"].as_str().unwrap();
+            let kept = m.find("… [kube-event: ").unwrap();
+            let cut: usize = m[kept..]
+                .trim_start_matches("… [kube-event: ")
+                .trim_end_matches(" bytes cut]")
+                .parse()
+                .unwrap();
+            assert_eq!(kept + cut, msg.len());
+            assert_eq!(v["count"], 1);
+        }
+        let again = out.clone();
+        ev.write_line(&occ, &mut out, 262_144);
+        assert_eq!(out, again, "the same occurrence gives the same bytes");
     }
 
     #[test]

@@ -19,8 +19,11 @@ pub mod event;
 pub mod http;
 pub mod kube;
 pub mod loki;
+pub mod pusher;
+pub mod queue;
 pub mod ship;
 pub mod shutdown;
+pub mod spool;
 pub mod stats;
 #[cfg(test)]
 mod testutil;
@@ -118,40 +121,74 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
     }
 
-    let (output, queue) = if stdout {
-        (Output::Stdout, None)
+    let settings = ship::Settings {
+        detailed: config.enable_detailed,
+        retention_secs: config.dedup_retention_secs,
+        max_line_bytes: config.max_line_bytes,
+    };
+    let (shipper, queue, start) = if stdout {
+        let shipper = Shipper::new(Output::Stdout, stats.clone(), settings, Default::default());
+        (shipper, None, watcher::State::Empty)
     } else {
+        let (store, recovered) = spool::Store::open(&config.data_dir, config.dedup_retention_secs)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let client = loki::Client::new(&config.loki).map_err(|e| Error::Config(e.to_string()))?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Config(format!(
-                "DATA_DIR {}: cannot create it: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        let rv = recovered.rv.unwrap_or_default();
+        let spooled: usize = recovered.batches.iter().map(|b| b.entries).sum();
+        if rv.is_empty() && recovered.batches.is_empty() {
+            info!("DATA_DIR {}: nothing to resume", config.data_dir.display());
+        } else {
+            info!(
+                "DATA_DIR {}: resuming from resourceVersion {rv:?}; {} batches ({spooled} entries) \
+                 in the spool; {} events remembered",
+                config.data_dir.display(),
+                recovered.batches.len(),
+                recovered.shipped.len()
+            );
+        }
         info!(
             "pushing to {} every {}s or at {} bytes",
             client.url(),
             config.push_interval.as_secs(),
             config.batch_max_bytes
         );
-        let queue = Arc::new(loki::Queue::new(
+        let queue = Arc::new(queue::Queue::new(
             config.push_interval,
             config.batch_max_bytes,
             config.labels.clone(),
+            rv.clone(),
         ));
-        let rejected_dir = config.data_dir.join("rejected");
-        let (q, st, tx) = (queue.clone(), stats.clone(), tx.clone());
+        let pusher = pusher::Pusher::new(
+            queue.clone(),
+            client,
+            store,
+            stats.clone(),
+            config.spool_max_bytes,
+            recovered.batches,
+            rv.clone(),
+        );
+        let tx = tx.clone();
         std::thread::Builder::new()
             .name("pusher".into())
             .spawn(move || {
-                loki::run_pusher(&q, client, &st, &rejected_dir);
+                pusher.run();
                 let _ = tx.send(Msg::PusherStopped);
             })
             .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
-        (Output::Loki(queue.clone()), Some(queue))
+        let shipper = Shipper::new(
+            Output::Loki(queue.clone()),
+            stats.clone(),
+            settings,
+            recovered.shipped,
+        );
+        let start = if rv.is_empty() {
+            watcher::State::Empty
+        } else {
+            watcher::State::Watching { rv }
+        };
+        (shipper, Some(queue), start)
     };
 
-    let shipper = Shipper::new(output, stats.clone(), config.enable_detailed);
     let mut first_list = true;
     let on_listed: watcher::OnListed = Box::new(move |n| {
         if first_list {
@@ -166,7 +203,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             .name("watcher".into())
             .spawn(move || {
                 let r = w
-                    .run()
+                    .run(start)
                     .map_err(|e| format!("standard output closed: {}", e.0));
                 let _ = tx.send(Msg::WatcherStopped(r));
             })
@@ -232,13 +269,16 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
     }
     let s = &stats;
     info!(
-        "shut down: received {}, shipped {}, unchanged {}, malformed {}, pushed {}, rejected {}, not pushed {}",
+        "shut down: received {}, shipped {}, unchanged {}, malformed {}, pushed {}, rejected {}, \
+         left in the spool {}, dropped (spool full) {}, lost {}",
         Stats::get(&s.received),
         Stats::get(&s.shipped),
         Stats::get(&s.unchanged),
         Stats::get(&s.malformed),
         Stats::get(&s.pushed),
         Stats::get(&s.rejected),
+        Stats::get(&s.left_in_spool),
+        Stats::get(&s.dropped_spool_full),
         Stats::get(&s.abandoned)
     );
     if Stats::get(&s.abandoned) > 0 {

@@ -1,155 +1,13 @@
-//! Everything that knows Loki: the queue between the watcher and the pusher, the push
-//! request, and which answers mean success, retry or rejection. Only this file knows Loki's
-//! status codes (see protocols.md 5).
-//!
-//! The watcher appends occurrences to the open batch of a `Queue`. A batch is sealed (encoded
-//! once, as the push body) when it reaches `BATCH_MAX_BYTES` or when its oldest entry has
-//! waited `PUSH_INTERVAL_SECONDS`; the pusher thread pushes sealed batches oldest first and
-//! back to back, so a backlog drains at full speed. A failed push is retried with backoff
-//! until it succeeds or the shutdown deadline passes; meanwhile the watcher keeps appending.
+//! Everything that knows Loki: the push request, which answers mean success, retry or
+//! rejection, and how a rejected batch can be fixed (protocols.md 5). Only this file knows
+//! Loki's status codes and error texts.
 
-use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use log::{debug, error, info, warn};
+use log::{info, warn};
 
-use crate::backoff::Backoff;
-use crate::batch::{Batch, Sealed};
 use crate::config;
-use crate::event::Labels;
-use crate::stats::Stats;
-
-/// The batches between the watcher and the pusher.
-pub struct Queue {
-    state: Mutex<State>,
-    cv: Condvar,
-    interval: Duration,
-    max_bytes: usize,
-    static_labels: Vec<(String, String)>,
-}
-
-struct State {
-    open: Batch,
-    /// When the first entry of `open` arrived.
-    opened_at: Option<Instant>,
-    sealed: VecDeque<Sealed>,
-    /// Set at shutdown: push everything, then stop; give up at this instant.
-    closing: Option<Instant>,
-}
-
-impl Queue {
-    pub fn new(interval: Duration, max_bytes: usize, static_labels: Vec<(String, String)>) -> Self {
-        Queue {
-            state: Mutex::new(State {
-                open: Batch::default(),
-                opened_at: None,
-                sealed: VecDeque::new(),
-                closing: None,
-            }),
-            cv: Condvar::new(),
-            interval,
-            max_bytes,
-            static_labels,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds one occurrence. Seals the open batch first if this line would take it past
-    /// `BATCH_MAX_BYTES`.
-    pub fn append(&self, labels: Labels<'_>, nanos: i64, line: &str) {
-        let mut st = self.lock();
-        if !st.open.is_empty() && st.open.encoded_size() + line.len() + 64 > self.max_bytes {
-            let sealed = st.open.seal(&self.static_labels);
-            st.sealed.push_back(sealed);
-            st.opened_at = None;
-            self.cv.notify_all();
-        }
-        if st.open.is_empty() {
-            st.opened_at = Some(Instant::now());
-            self.cv.notify_all();
-        }
-        st.open.push(labels, nanos, line);
-    }
-
-    /// Entries not yet accepted by Loki that are still in memory (open and sealed batches).
-    pub fn pending(&self) -> usize {
-        let st = self.lock();
-        st.open.len() + st.sealed.iter().map(|b| b.entries).sum::<usize>()
-    }
-
-    /// Starts the final flush: the pusher pushes what is queued and stops, giving up at
-    /// `deadline`.
-    pub fn close(&self, deadline: Instant) {
-        self.lock().closing = Some(deadline);
-        self.cv.notify_all();
-    }
-
-    /// The next batch to push, waiting for one. `None`: closing and nothing left.
-    fn next(&self) -> Option<Sealed> {
-        let mut st = self.lock();
-        loop {
-            if let Some(b) = st.sealed.pop_front() {
-                return Some(b);
-            }
-            let due = st.opened_at.map(|t| t + self.interval);
-            let now = Instant::now();
-            if !st.open.is_empty() && (st.closing.is_some() || due.is_some_and(|d| d <= now)) {
-                st.opened_at = None;
-                return Some(st.open.seal(&self.static_labels));
-            }
-            if st.closing.is_some() {
-                return None;
-            }
-            let wait = due.map(|d| d - now).unwrap_or(Duration::from_secs(3600));
-            st = self
-                .cv
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// Sleeps `d`, or until the queue is closed. Returns the closing deadline, if closing.
-    fn sleep(&self, d: Duration) -> Option<Instant> {
-        let until = Instant::now() + d;
-        let mut st = self.lock();
-        loop {
-            if let Some(deadline) = st.closing {
-                return Some(deadline);
-            }
-            let now = Instant::now();
-            if now >= until {
-                return None;
-            }
-            st = self
-                .cv
-                .wait_timeout(st, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn closing(&self) -> Option<Instant> {
-        self.lock().closing
-    }
-
-    /// Drops what is left (the shutdown deadline passed) and says how many entries that was.
-    fn abandon(&self) -> usize {
-        let mut st = self.lock();
-        let n = st.open.len() + st.sealed.iter().map(|b| b.entries).sum::<usize>();
-        st.sealed.clear();
-        if !st.open.is_empty() {
-            st.open.seal(&[]);
-        }
-        n
-    }
-}
 
 /// What a push answer means.
 #[derive(Debug, PartialEq, Eq)]
@@ -335,100 +193,50 @@ impl BearerFile {
     }
 }
 
-fn shorten(s: &str, max: usize) -> &str {
+pub fn shorten(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
     }
 }
 
-/// The pusher thread: pushes sealed batches until the queue is closed and drained, or the
-/// shutdown deadline passes.
-pub fn run_pusher(queue: &Queue, mut client: Client, stats: &Stats, rejected_dir: &Path) {
-    let mut backoff = Backoff::loki();
-    let mut failures: u32 = 0;
-    while let Some(batch) = queue.next() {
-        loop {
-            let started = Instant::now();
-            match client.push(&batch.body) {
-                Outcome::Accepted => {
-                    Stats::add(&stats.pushed, batch.entries as u64);
-                    if failures > 0 {
-                        info!("Loki accepts pushes again after {failures} failed attempts");
-                    }
-                    failures = 0;
-                    backoff.reset();
-                    debug!(
-                        "pushed {} entries ({} bytes) in {:?}",
-                        batch.entries,
-                        batch.body.len(),
-                        started.elapsed()
-                    );
-                    break;
-                }
-                Outcome::Reject { status, body } => {
-                    Stats::add(&stats.rejected, batch.entries as u64);
-                    let kept = keep_rejected(rejected_dir, &batch, status, &body);
-                    error!(
-                        "Loki rejected a batch of {} entries with {status}: {}; {kept}",
-                        batch.entries,
-                        shorten(&body, 1000)
-                    );
-                    break;
-                }
-                Outcome::Retry { why, retry_after } => {
-                    failures += 1;
-                    let delay = backoff.failure(retry_after);
-                    warn!(
-                        "push of {} entries failed: {why}; retrying in {:.1}s ({} more entries queued)",
-                        batch.entries,
-                        delay.as_secs_f64(),
-                        queue.pending()
-                    );
-                    match queue.closing() {
-                        // Ends early when shutdown starts: then retry at once.
-                        None => drop(queue.sleep(delay)),
-                        Some(deadline) => {
-                            let now = Instant::now();
-                            if now >= deadline {
-                                let lost = batch.entries + queue.abandon();
-                                Stats::add(&stats.abandoned, lost as u64);
-                                error!(
-                                    "shutdown deadline passed: {lost} entries were not pushed to Loki"
-                                );
-                                return;
-                            }
-                            std::thread::sleep(delay.min(deadline - now));
-                        }
-                    }
-                }
-            }
-        }
-    }
+/// The "oldest acceptable timestamp" in Loki's answer to an entry that is too far behind
+/// its stream (out-of-order window) or too old (`reject_old_samples_max_age`), as Unix ns.
+pub fn oldest_acceptable(answer: &str) -> Option<i64> {
+    const KEY: &str = "oldest acceptable timestamp is: ";
+    let at = answer.find(KEY)? + KEY.len();
+    let rest = &answer[at..];
+    let end = rest
+        .find(|c: char| c == '\'' || c == ',' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    crate::time::parse_rfc3339_nanos(&rest[..end])
 }
 
-/// Writes a rejected batch and Loki's answer to `dir`, so that nothing is lost silently.
-/// Returns a phrase for the log line saying where it went.
-fn keep_rejected(dir: &Path, batch: &Sealed, status: u16, answer: &str) -> String {
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let base = dir.join(format!("{stamp}-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let mut f = std::fs::File::create(base.with_extension("json"))?;
-        f.write_all(&batch.body)?;
-        f.sync_all()?;
-        std::fs::write(
-            base.with_extension("answer.txt"),
-            format!("HTTP {status}\n{answer}\n"),
-        )
-    };
-    match write() {
-        Ok(()) => format!("kept in {}.json", base.display()),
-        Err(e) => format!("could not keep it in {}: {e}", dir.display()),
+/// Re-stamps every entry of `body` older than `oldest` to `oldest` (the line keeps the real
+/// time in its `time` field) and re-sorts each stream. Returns the new body and how many
+/// entries moved, or `None` when none did (then re-stamping cannot help).
+pub fn restamp(body: &[u8], oldest: i64) -> Option<(Vec<u8>, usize)> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut moved = 0;
+    for stream in v.get_mut("streams")?.as_array_mut()? {
+        let Some(values) = stream.get_mut("values").and_then(|v| v.as_array_mut()) else {
+            continue;
+        };
+        for entry in values.iter_mut() {
+            let Some(ts) = entry.get(0).and_then(|t| t.as_str()?.parse::<i64>().ok()) else {
+                continue;
+            };
+            if ts < oldest {
+                entry[0] = serde_json::Value::String(oldest.to_string());
+                moved += 1;
+            }
+        }
+        values.sort_by_key(|e| e.get(0).and_then(|t| t.as_str()?.parse::<i64>().ok()));
     }
+    if moved == 0 {
+        return None;
+    }
+    Some((serde_json::to_vec(&v).ok()?, moved))
 }
 
 #[cfg(test)]
@@ -457,41 +265,34 @@ mod tests {
         }
     }
 
-    fn labels() -> Labels<'static> {
-        Labels {
-            namespace: "ns",
-            kind: "Pod",
-            type_: "Normal",
-        }
+    #[test]
+    fn finds_the_oldest_acceptable_timestamp_in_both_answers() {
+        let behind = "entry with timestamp 2026-11-25 17:35:05.29176448 +0000 UTC ignored, reason: 'entry too far behind, entry timestamp is: 2026-11-25T17:35:05Z, oldest acceptable timestamp is: 2026-11-25T18:35:04Z',\nuser 'fake', total ignored: 1 out of 1 for stream: {case=\"ooo\"}";
+        let too_old = "entry for stream '{case=\"tooold\"}' has timestamp too old: 2026-11-17T19:35:05Z, oldest acceptable timestamp is: 2026-11-18T19:35:05Z";
+        assert_eq!(
+            oldest_acceptable(behind),
+            crate::time::parse_rfc3339_nanos("2026-11-25T18:35:04Z")
+        );
+        assert_eq!(
+            oldest_acceptable(too_old),
+            crate::time::parse_rfc3339_nanos("2026-11-18T19:35:05Z")
+        );
+        assert_eq!(
+            oldest_acceptable("max entry size '262144' bytes exceeded"),
+            None
+        );
     }
 
     #[test]
-    fn queue_seals_at_max_bytes_and_on_close() {
-        let q = Queue::new(Duration::from_secs(3600), 2048, vec![]);
-        let line = "x".repeat(500);
-        for i in 0..10 {
-            q.append(labels(), i, &line);
-        }
-        assert_eq!(q.pending(), 10);
-        let first = q.next().unwrap();
-        assert!(first.body.len() <= 2048, "{}", first.body.len());
-        assert!(first.entries >= 2);
-        q.close(Instant::now() + Duration::from_secs(10));
-        let mut total = first.entries;
-        while let Some(b) = q.next() {
-            assert!(b.body.len() <= 2048);
-            total += b.entries;
-        }
-        assert_eq!(total, 10);
-    }
-
-    #[test]
-    fn queue_seals_after_the_interval() {
-        let q = Queue::new(Duration::from_millis(50), 1 << 20, vec![]);
-        q.append(labels(), 1, "a");
-        let t = Instant::now();
-        let b = q.next().unwrap();
-        assert_eq!(b.entries, 1);
-        assert!(t.elapsed() >= Duration::from_millis(40));
+    fn restamps_only_entries_older_than_the_cutoff() {
+        let body = br#"{"streams":[{"stream":{"job":"kube-event"},"values":[["5","old"],["20","new"],["7","older"]]}]}"#;
+        let (fixed, moved) = restamp(body, 10).unwrap();
+        assert_eq!(moved, 2);
+        let v: serde_json::Value = serde_json::from_slice(&fixed).unwrap();
+        assert_eq!(
+            v["streams"][0]["values"],
+            serde_json::json!([["10", "old"], ["10", "older"], ["20", "new"]])
+        );
+        assert!(restamp(body, 1).is_none());
     }
 }

@@ -6,10 +6,13 @@
 //! (after a 410 or a restart of the watch) ships nothing already shipped, a MODIFIED that
 //! only bumps `count`/`lastTimestamp` ships one new line, and a MODIFIED that changes nothing
 //! a user can see (managedFields, annotations) ships nothing. The memory holds a count and a
-//! 64-bit hash per uid and forgets an event when it is deleted or not seen for
-//! `RETENTION` (events live one hour after their last update).
+//! 64-bit hash per uid and forgets an event when it is deleted or not shipped for
+//! `DEDUP_RETENTION_SECONDS` (events live one hour after their last update). It starts from
+//! what the spool's journal says was shipped before a restart.
+//!
+//! A line longer than `MAX_LINE_BYTES` has its message cut, with a marker saying how many
+//! bytes were cut, so Loki does not refuse it.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +22,10 @@ use serde_json::value::RawValue;
 
 use crate::batch::{fnv1a, FNV_OFFSET};
 use crate::event::Event;
-use crate::loki::Queue;
+use crate::queue::Queue;
+use crate::spool::{Shipped, ShippedMap};
 use crate::stats::Stats;
 
-/// How long an event not seen is remembered: the default event TTL (1 h) plus a margin.
-const RETENTION: Duration = Duration::from_secs(7200);
 /// How often forgotten events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -37,29 +39,41 @@ pub enum Output {
 pub struct OutputClosed(pub std::io::Error);
 
 pub struct Shipper {
-    seen: HashMap<Box<str>, Seen>,
+    seen: ShippedMap,
     line: String,
     output: Output,
     stats: Arc<Stats>,
     detailed: bool,
+    retention_secs: u64,
+    max_line: usize,
     last_prune: Instant,
 }
 
-struct Seen {
-    count: i64,
-    line_hash: u64,
-    touched: Instant,
+/// How the Shipper behaves; from the configuration.
+pub struct Settings {
+    pub detailed: bool,
+    pub retention_secs: u64,
+    pub max_line_bytes: usize,
 }
 
 impl Shipper {
-    pub fn new(output: Output, stats: Arc<Stats>, detailed: bool) -> Self {
+    pub fn new(output: Output, stats: Arc<Stats>, settings: Settings, seen: ShippedMap) -> Self {
         Shipper {
-            seen: HashMap::new(),
+            seen,
             line: String::with_capacity(4096),
             output,
             stats,
-            detailed,
+            detailed: settings.detailed,
+            retention_secs: settings.retention_secs,
+            max_line: settings.max_line_bytes,
             last_prune: Instant::now(),
+        }
+    }
+
+    /// Every frame up to `rv` has been offered (the resume point, once it is safe).
+    pub fn advance(&self, rv: &str) {
+        if let Output::Loki(q) = &self.output {
+            q.advance(rv);
         }
     }
 
@@ -96,29 +110,24 @@ impl Shipper {
                 return Ok(());
             }
         };
-        ev.write_line(&occ, &mut self.line);
+        if ev.write_line(&occ, &mut self.line, self.max_line) {
+            Stats::add(&self.stats.truncated, 1);
+        }
         let hash = fnv1a(self.line.as_bytes(), FNV_OFFSET);
-        let now = Instant::now();
+        let now = now_secs();
+        let shipped = Shipped {
+            count: occ.count,
+            hash,
+            at: now,
+        };
         match self.seen.get_mut(ev.uid()) {
-            Some(s) if s.line_hash == hash || occ.count < s.count => {
-                s.touched = now;
+            Some(s) if s.hash == hash || occ.count < s.count => {
                 Stats::add(&self.stats.unchanged, 1);
                 return Ok(());
             }
-            Some(s) => {
-                s.count = occ.count;
-                s.line_hash = hash;
-                s.touched = now;
-            }
+            Some(s) => *s = shipped,
             None => {
-                self.seen.insert(
-                    ev.uid().into(),
-                    Seen {
-                        count: occ.count,
-                        line_hash: hash,
-                        touched: now,
-                    },
-                );
+                self.seen.insert(ev.uid().into(), shipped);
             }
         }
         Stats::add(&self.stats.shipped, 1);
@@ -126,7 +135,13 @@ impl Shipper {
             info!("{}", self.line);
         }
         match &self.output {
-            Output::Loki(q) => q.append(ev.labels(), occ.nanos, &self.line),
+            Output::Loki(q) => {
+                // The journal's record format is space-separated: a uid with whitespace (never
+                // seen; uids are UUIDs) is shipped but not remembered across restarts.
+                let uid = ev.uid();
+                let record = (!uid.contains(char::is_whitespace)).then_some((uid, occ.count, hash));
+                q.append(ev.labels(), occ.nanos, &self.line, record)
+            }
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(self.line.as_bytes())
@@ -135,7 +150,7 @@ impl Shipper {
                     .map_err(OutputClosed)?;
             }
         }
-        if now.duration_since(self.last_prune) >= PRUNE_EVERY {
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
         Ok(())
@@ -151,11 +166,18 @@ impl Shipper {
         self.seen.len()
     }
 
-    fn prune(&mut self, now: Instant) {
-        self.last_prune = now;
-        self.seen
-            .retain(|_, s| now.duration_since(s.touched) < RETENTION);
+    fn prune(&mut self, now: u64) {
+        self.last_prune = Instant::now();
+        let keep = self.retention_secs;
+        self.seen.retain(|_, s| now.saturating_sub(s.at) < keep);
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The first 200 bytes of a frame, for a log line.
@@ -170,6 +192,14 @@ pub fn head(s: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn settings() -> Settings {
+        Settings {
+            detailed: false,
+            retention_secs: 7200,
+            max_line_bytes: 256 * 1024,
+        }
+    }
+
     fn raw(uid: &str, count: i64, last: &str, extra: &str) -> Box<RawValue> {
         RawValue::from_string(format!(
             r#"{{"metadata":{{"uid":"{uid}","namespace":"ns","name":"e","resourceVersion":"{extra}"}},"involvedObject":{{"kind":"Pod","name":"p"}},"reason":"BackOff","type":"Warning","count":{count},"lastTimestamp":"{last}"}}"#
@@ -180,8 +210,18 @@ mod tests {
     #[test]
     fn ships_each_occurrence_once() {
         let stats = Arc::new(Stats::default());
-        let q = Arc::new(Queue::new(Duration::from_secs(60), 1 << 20, vec![]));
-        let mut s = Shipper::new(Output::Loki(q.clone()), stats.clone(), false);
+        let q = Arc::new(Queue::new(
+            Duration::from_secs(60),
+            1 << 20,
+            vec![],
+            String::new(),
+        ));
+        let mut s = Shipper::new(
+            Output::Loki(q.clone()),
+            stats.clone(),
+            settings(),
+            ShippedMap::new(),
+        );
         let mut rv = String::new();
         s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
             .unwrap();
@@ -209,8 +249,18 @@ mod tests {
     #[test]
     fn malformed_objects_are_counted_and_skipped() {
         let stats = Arc::new(Stats::default());
-        let q = Arc::new(Queue::new(Duration::from_secs(60), 1 << 20, vec![]));
-        let mut s = Shipper::new(Output::Loki(q.clone()), stats.clone(), false);
+        let q = Arc::new(Queue::new(
+            Duration::from_secs(60),
+            1 << 20,
+            vec![],
+            String::new(),
+        ));
+        let mut s = Shipper::new(
+            Output::Loki(q.clone()),
+            stats.clone(),
+            settings(),
+            ShippedMap::new(),
+        );
         for bad in [
             r#"{"metadata":{"uid":"x"}}"#,
             r#"{"metadata":"nope"}"#,

@@ -17,13 +17,32 @@ pub struct Stats {
     pub pushed: AtomicU64,
     /// Entries in batches Loki refused for good.
     pub rejected: AtomicU64,
-    /// Entries still queued when the shutdown deadline passed.
+    /// Entries lost at shutdown: not pushed, and not in the spool either.
     pub abandoned: AtomicU64,
+    /// Entries not pushed at shutdown but safe in the spool.
+    pub left_in_spool: AtomicU64,
+    /// Entries dropped because the spool was full (the oldest go first).
+    pub dropped_spool_full: AtomicU64,
+    /// Entries lost because their spool file was damaged.
+    pub dropped_damaged: AtomicU64,
+    /// Entries re-stamped because Loki found them too old for their stream.
+    pub restamped: AtomicU64,
+    /// Lines cut to `MAX_LINE_BYTES`.
+    pub truncated: AtomicU64,
+    /// Failed writes of the spool or the journal (each is retried).
+    pub spool_write_errors: AtomicU64,
+    /// Gauges: bytes and batches in the spool.
+    pub spool_bytes: AtomicU64,
+    pub spool_batches: AtomicU64,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -82,8 +82,8 @@ impl Watcher {
 
     /// Runs until shutdown. Returns `Err` only when the output is gone (`--stdout` into a
     /// closed pipe).
-    pub fn run(mut self) -> Result<(), OutputClosed> {
-        let mut state = State::Empty;
+    pub fn run(mut self, start: State) -> Result<(), OutputClosed> {
+        let mut state = start;
         loop {
             if self.shutdown.is_set() {
                 return Ok(());
@@ -158,6 +158,7 @@ impl Watcher {
                     self.listed
                 );
                 (self.on_listed)(self.listed);
+                self.shipper.advance(&rv);
                 if rv.is_empty() {
                     warn!("the list had no resourceVersion; listing again");
                     self.pause(None);
@@ -254,6 +255,7 @@ impl Watcher {
                     warn!("skipping a watch frame of unknown type {other:?}");
                 }
             }
+            self.shipper.advance(&rv);
         }
         if frames == 0 && started.elapsed() < SHORT_WATCH {
             warn!("the watch ended at once without a frame; waiting before watching again");
@@ -306,6 +308,7 @@ impl Watcher {
     }
 }
 
+/// The resourceVersion of a frame's object.
 fn object_rv(object: &str) -> Option<String> {
     let m: Bookmark = serde_json::from_str(object).ok()?;
     let Meta {

@@ -672,7 +672,7 @@ fn a_batch_loki_rejects_is_kept_with_its_answer() {
         &ts,
     ));
     let ke = rig.start(&[("DATA_DIR", "state")]);
-    ke.wait_for_stderr("Loki rejected a batch of 1 entries with 400", T);
+    ke.wait_for_stderr("(1 entries) with 400", T);
     let dir = rig.dir.join("state/rejected");
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()

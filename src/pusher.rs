@@ -1,0 +1,420 @@
+//! The pusher thread: takes sealed batches from the queue, makes them safe in the spool,
+//! commits their records to the journal, and pushes them to Loki oldest first, back to back,
+//! retrying with backoff until Loki takes them. Rejected batches are fixed when Loki says how
+//! (entries too old for the stream), else kept in `DATA_DIR/rejected/`. The spool is bounded
+//! by `SPOOL_MAX_BYTES`: when it is full the oldest batches are dropped, counted and logged.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::batch::Sealed;
+use crate::loki::{self, Client, Outcome};
+use crate::queue::Queue;
+use crate::spool::{SpoolFile, Store};
+use crate::stats::Stats;
+use crate::time::format_rfc3339;
+
+/// How many times a rejected batch is fixed and pushed again before it is kept aside.
+const MAX_FIXES: u32 = 3;
+
+/// A batch waiting for Loki.
+struct Item {
+    seq: u64,
+    entries: usize,
+    oldest: i64,
+    newest: i64,
+    bytes: u64,
+    /// The push body while the batch is not in the spool (the spool could not be written).
+    body: Option<Vec<u8>>,
+}
+
+/// A batch whose records are not in the journal yet. Committed in order, once safe.
+struct Uncommitted {
+    seq: u64,
+    records: String,
+    n: usize,
+    rv: String,
+    safe: bool,
+}
+
+pub struct Pusher {
+    queue: Arc<Queue>,
+    client: Client,
+    store: Store,
+    stats: Arc<Stats>,
+    backlog: VecDeque<Item>,
+    uncommitted: VecDeque<Uncommitted>,
+    spool_bytes: u64,
+    spool_max: u64,
+    backoff: Backoff,
+    failures: u32,
+    /// The resourceVersion of the last commit attempt that had nothing before it pending.
+    last_rv: String,
+}
+
+impl Pusher {
+    pub fn new(
+        queue: Arc<Queue>,
+        client: Client,
+        store: Store,
+        stats: Arc<Stats>,
+        spool_max: u64,
+        recovered: Vec<SpoolFile>,
+        rv: String,
+    ) -> Self {
+        let backlog: VecDeque<Item> = recovered
+            .into_iter()
+            .map(|f| Item {
+                seq: f.seq,
+                entries: f.entries,
+                oldest: f.oldest,
+                newest: f.newest,
+                bytes: f.bytes,
+                body: None,
+            })
+            .collect();
+        let spool_bytes = backlog.iter().map(|i| i.bytes).sum();
+        let p = Pusher {
+            queue,
+            client,
+            store,
+            stats,
+            backlog,
+            uncommitted: VecDeque::new(),
+            spool_bytes,
+            spool_max,
+            backoff: Backoff::loki(),
+            failures: 0,
+            last_rv: rv,
+        };
+        p.publish_spool();
+        p
+    }
+
+    /// Runs until the queue is closed and everything is pushed, or the shutdown deadline.
+    pub fn run(mut self) {
+        loop {
+            self.intake();
+            if !self.backlog.is_empty() {
+                if !self.push_head() {
+                    break;
+                }
+                continue;
+            }
+            if self.queue.closing().is_some() {
+                break;
+            }
+            self.queue.wait(None);
+        }
+        self.finish();
+    }
+
+    /// Takes what the queue sealed, spools it and commits what is safe.
+    fn intake(&mut self) {
+        let taken = self.queue.take();
+        for (sealed, rv) in taken.sealed {
+            self.spool(sealed, rv);
+        }
+        // Frames after the last batch that shipped nothing (deletes, unchanged repeats)
+        // still move the resume point, once nothing is waiting in the open batch.
+        if let Some(rv) = taken
+            .idle_rv
+            .filter(|rv| !rv.is_empty() && *rv != self.last_rv)
+        {
+            let seq = self.store.next_seq();
+            self.uncommitted.push_back(Uncommitted {
+                seq,
+                records: String::new(),
+                n: 0,
+                rv: rv.clone(),
+                safe: true,
+            });
+            self.last_rv = rv;
+        }
+        self.commit();
+        self.enforce_limit();
+    }
+
+    fn spool(&mut self, sealed: Sealed, rv: String) {
+        let seq = self.store.next_seq();
+        let (body, bytes) = match self.store.write_batch(
+            seq,
+            sealed.entries,
+            sealed.oldest,
+            sealed.newest,
+            &sealed.body,
+        ) {
+            Ok(bytes) => {
+                debug!(
+                    "spooled batch {seq}: {} entries, {bytes} bytes",
+                    sealed.entries
+                );
+                (None, bytes)
+            }
+            Err(e) => {
+                Stats::add(&self.stats.spool_write_errors, 1);
+                error!(
+                    "cannot write batch {seq} ({} entries) to the spool: {e}; keeping it in memory \
+                     and pushing from there",
+                    sealed.entries
+                );
+                let n = sealed.body.len() as u64;
+                (Some(sealed.body), n)
+            }
+        };
+        self.uncommitted.push_back(Uncommitted {
+            seq,
+            records: sealed.records,
+            n: sealed.n_records,
+            rv: rv.clone(),
+            safe: body.is_none(),
+        });
+        self.last_rv = rv;
+        self.spool_bytes += bytes;
+        self.backlog.push_back(Item {
+            seq,
+            entries: sealed.entries,
+            oldest: sealed.oldest,
+            newest: sealed.newest,
+            bytes,
+            body,
+        });
+        self.publish_spool();
+    }
+
+    /// Appends the records of safe batches to the journal, in order.
+    fn commit(&mut self) {
+        while let Some(u) = self.uncommitted.front() {
+            if !u.safe {
+                return;
+            }
+            if let Err(e) = self.store.commit(u.seq, &u.records, u.n, &u.rv) {
+                Stats::add(&self.stats.spool_write_errors, 1);
+                error!("cannot write the journal: {e}; will try again");
+                return;
+            }
+            self.uncommitted.pop_front();
+        }
+    }
+
+    fn mark_safe(&mut self, seq: u64) {
+        if let Some(u) = self.uncommitted.iter_mut().find(|u| u.seq == seq) {
+            u.safe = true;
+        }
+        self.commit();
+    }
+
+    /// Drops the oldest batches while the spool is over `SPOOL_MAX_BYTES` (keeping at least
+    /// the newest batch).
+    fn enforce_limit(&mut self) {
+        while self.spool_bytes > self.spool_max && self.backlog.len() > 1 {
+            let Some(item) = self.backlog.pop_front() else {
+                break;
+            };
+            self.spool_bytes -= item.bytes;
+            if item.body.is_none() {
+                self.store.remove_batch(item.seq);
+            }
+            self.mark_safe(item.seq);
+            Stats::add(&self.stats.dropped_spool_full, item.entries as u64);
+            error!(
+                "spool full ({} bytes, SPOOL_MAX_BYTES {}): dropped the oldest batch, {} entries \
+                 from {} to {}; {} entries dropped so far",
+                self.spool_bytes + item.bytes,
+                self.spool_max,
+                item.entries,
+                rfc3339(item.oldest),
+                rfc3339(item.newest),
+                Stats::get(&self.stats.dropped_spool_full)
+            );
+        }
+        self.publish_spool();
+    }
+
+    fn publish_spool(&self) {
+        Stats::set(&self.stats.spool_bytes, self.spool_bytes);
+        Stats::set(&self.stats.spool_batches, self.backlog.len() as u64);
+    }
+
+    /// Pushes the oldest batch until Loki takes it (or rejects it for good). Returns false
+    /// when the shutdown deadline passed.
+    fn push_head(&mut self) -> bool {
+        let Some(head) = self.backlog.front_mut() else {
+            return true;
+        };
+        let seq = head.seq;
+        // A batch kept in memory: try the spool again first.
+        if let Some(body) = &head.body {
+            if let Ok(bytes) =
+                self.store
+                    .write_batch(seq, head.entries, head.oldest, head.newest, body)
+            {
+                info!("batch {seq} is in the spool now");
+                self.spool_bytes = self.spool_bytes - head.bytes + bytes;
+                head.bytes = bytes;
+                head.body = None;
+                self.mark_safe(seq);
+            }
+        }
+        let head = &self.backlog[0];
+        let mut body = match &head.body {
+            Some(b) => b.clone(),
+            None => match self.store.read_batch(seq) {
+                Ok(b) => b,
+                Err(e) => {
+                    let to = self.store.set_aside(seq);
+                    error!(
+                        "{e}; moved aside to {to}; its {} entries are lost",
+                        head.entries
+                    );
+                    Stats::add(&self.stats.dropped_damaged, head.entries as u64);
+                    self.done(seq);
+                    return true;
+                }
+            },
+        };
+        let entries = head.entries;
+        let mut fixes = 0;
+        loop {
+            let started = Instant::now();
+            match self.client.push(&body) {
+                Outcome::Accepted => {
+                    Stats::add(&self.stats.pushed, entries as u64);
+                    if self.failures > 0 {
+                        info!(
+                            "Loki accepts pushes again after {} failed attempts",
+                            self.failures
+                        );
+                    }
+                    self.failures = 0;
+                    self.backoff.reset();
+                    debug!(
+                        "pushed batch {seq}: {entries} entries, {} bytes in {:?}",
+                        body.len(),
+                        started.elapsed()
+                    );
+                    self.done(seq);
+                    return true;
+                }
+                Outcome::Reject {
+                    status,
+                    body: answer,
+                } => {
+                    if fixes < MAX_FIXES {
+                        if let Some((fixed, moved)) =
+                            loki::oldest_acceptable(&answer).and_then(|t| loki::restamp(&body, t))
+                        {
+                            fixes += 1;
+                            Stats::add(&self.stats.restamped, moved as u64);
+                            warn!(
+                                "Loki refused entries of batch {seq} as too old for their stream \
+                                 ({}); re-stamped {moved} entries to the oldest time it accepts \
+                                 (their lines keep the real time) and pushing again",
+                                loki::shorten(&answer, 300)
+                            );
+                            body = fixed;
+                            continue;
+                        }
+                    }
+                    Stats::add(&self.stats.rejected, entries as u64);
+                    let kept = self.store.keep_rejected(seq, &body, status, &answer);
+                    error!(
+                        "Loki rejected batch {seq} ({entries} entries) with {status}: {}; {kept}",
+                        loki::shorten(&answer, 1000)
+                    );
+                    self.done(seq);
+                    return true;
+                }
+                Outcome::Retry { why, retry_after } => {
+                    self.failures += 1;
+                    let delay = self.backoff.failure(retry_after);
+                    warn!(
+                        "push of batch {seq} ({entries} entries) failed: {why}; retrying in \
+                         {:.1}s ({} batches, {} bytes waiting)",
+                        delay.as_secs_f64(),
+                        self.backlog.len(),
+                        self.spool_bytes
+                    );
+                    let retry_at = Instant::now() + delay;
+                    loop {
+                        // Keep sealing and spooling while Loki is away.
+                        self.intake();
+                        if self.backlog.front().map(|i| i.seq) != Some(seq) {
+                            // Dropped to make room in the spool.
+                            return true;
+                        }
+                        if let Some(deadline) = self.queue.closing() {
+                            if Instant::now() >= deadline {
+                                return false;
+                            }
+                            if retry_at >= deadline {
+                                std::thread::sleep(
+                                    deadline.saturating_duration_since(Instant::now()),
+                                );
+                                return false;
+                            }
+                        }
+                        if Instant::now() >= retry_at {
+                            break;
+                        }
+                        self.queue.wait(Some(retry_at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The batch at the head is handled (pushed, rejected, or unreadable).
+    fn done(&mut self, seq: u64) {
+        if let Some(item) = self.backlog.pop_front() {
+            debug_assert_eq!(item.seq, seq);
+            self.spool_bytes -= item.bytes;
+            if item.body.is_none() {
+                self.store.remove_batch(seq);
+            }
+        }
+        self.mark_safe(seq);
+        self.publish_spool();
+    }
+
+    /// At shutdown: says what is left, and where.
+    fn finish(&mut self) {
+        self.commit();
+        let in_memory: usize = self
+            .backlog
+            .iter()
+            .filter(|i| i.body.is_some())
+            .map(|i| i.entries)
+            .sum();
+        let spooled: usize = self
+            .backlog
+            .iter()
+            .filter(|i| i.body.is_none())
+            .map(|i| i.entries)
+            .sum();
+        if spooled > 0 {
+            warn!(
+                "shutdown deadline passed: {spooled} entries were not pushed to Loki yet; they are \
+                 in the spool and will be pushed at the next start"
+            );
+            Stats::add(&self.stats.left_in_spool, spooled as u64);
+        }
+        if in_memory > 0 {
+            Stats::add(&self.stats.abandoned, in_memory as u64);
+            error!(
+                "shutdown deadline passed: {in_memory} entries that could not be written to the \
+                 spool were not pushed to Loki"
+            );
+        }
+    }
+}
+
+fn rfc3339(nanos: i64) -> String {
+    let mut s = String::new();
+    format_rfc3339(nanos, &mut s);
+    s
+}

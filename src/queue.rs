@@ -1,0 +1,226 @@
+//! The hand-over between the watcher thread and the pusher thread.
+//!
+//! The watcher appends each new occurrence to the open batch and, after each frame, says up
+//! to which resourceVersion everything is in the queue (`advance`). The open batch is sealed
+//! (encoded once, as the push body) when the next line would take it past `BATCH_MAX_BYTES`,
+//! or by the pusher when its oldest entry has waited `PUSH_INTERVAL_SECONDS`, or at shutdown.
+//! Each sealed batch carries the resourceVersion that was covered when it was sealed: once
+//! the batch is safe (spooled or pushed), a restart may resume from there.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::batch::{Batch, Sealed};
+use crate::event::Labels;
+
+pub struct Queue {
+    state: Mutex<State>,
+    cv: Condvar,
+    interval: Duration,
+    max_bytes: usize,
+    static_labels: Vec<(String, String)>,
+}
+
+struct State {
+    open: Batch,
+    /// When the first entry of `open` arrived.
+    opened_at: Option<Instant>,
+    sealed: VecDeque<(Sealed, String)>,
+    /// Every frame up to this resourceVersion is in `open` or `sealed` (or needed nothing).
+    rv: String,
+    /// Set at shutdown: seal everything now; the pusher gives up at this instant.
+    closing: Option<Instant>,
+}
+
+/// What the pusher takes from the queue.
+pub struct Taken {
+    /// Sealed batches with the resourceVersion each covers, oldest first.
+    pub sealed: Vec<(Sealed, String)>,
+    /// When the open batch will be due, if it has entries.
+    pub next_due: Option<Instant>,
+    /// The shutdown deadline, once closing.
+    pub closing: Option<Instant>,
+    /// The covered resourceVersion, when nothing is left in the open batch: then a restart
+    /// may resume from it even though no batch carries it.
+    pub idle_rv: Option<String>,
+}
+
+impl Queue {
+    pub fn new(
+        interval: Duration,
+        max_bytes: usize,
+        static_labels: Vec<(String, String)>,
+        rv: String,
+    ) -> Self {
+        Queue {
+            state: Mutex::new(State {
+                open: Batch::default(),
+                opened_at: None,
+                sealed: VecDeque::new(),
+                rv,
+                closing: None,
+            }),
+            cv: Condvar::new(),
+            interval,
+            max_bytes,
+            static_labels,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds one occurrence (its line, and its journal record). Seals the open batch first if
+    /// this line would take it past `BATCH_MAX_BYTES`.
+    pub fn append(
+        &self,
+        labels: Labels<'_>,
+        nanos: i64,
+        line: &str,
+        record: Option<(&str, i64, u64)>,
+    ) {
+        let mut st = self.lock();
+        if !st.open.is_empty() && st.open.encoded_size() + line.len() + 64 > self.max_bytes {
+            let sealed = st.open.seal(&self.static_labels);
+            let rv = st.rv.clone();
+            st.sealed.push_back((sealed, rv));
+            st.opened_at = None;
+            self.cv.notify_all();
+        }
+        if st.open.is_empty() {
+            st.opened_at = Some(Instant::now());
+            self.cv.notify_all();
+        }
+        st.open.push(labels, nanos, line);
+        if let Some((uid, count, hash)) = record {
+            st.open.record(uid, count, hash);
+        }
+    }
+
+    /// Everything up to `rv` has been appended.
+    pub fn advance(&self, rv: &str) {
+        let mut st = self.lock();
+        if st.rv != rv {
+            st.rv.clear();
+            st.rv.push_str(rv);
+        }
+    }
+
+    /// Entries appended but not yet taken by the pusher.
+    pub fn pending(&self) -> usize {
+        let st = self.lock();
+        st.open.len() + st.sealed.iter().map(|(b, _)| b.entries).sum::<usize>()
+    }
+
+    /// Starts the final flush: everything is sealed at once, and the pusher gives up at
+    /// `deadline`.
+    pub fn close(&self, deadline: Instant) {
+        self.lock().closing = Some(deadline);
+        self.cv.notify_all();
+    }
+
+    pub fn closing(&self) -> Option<Instant> {
+        self.lock().closing
+    }
+
+    /// Takes the sealed batches, sealing the open one first if it is due (or closing).
+    pub fn take(&self) -> Taken {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let due = st.opened_at.map(|t| t + self.interval);
+        if !st.open.is_empty() && (st.closing.is_some() || due.is_some_and(|d| d <= now)) {
+            let sealed = st.open.seal(&self.static_labels);
+            let rv = st.rv.clone();
+            st.sealed.push_back((sealed, rv));
+            st.opened_at = None;
+        }
+        Taken {
+            sealed: st.sealed.drain(..).collect(),
+            next_due: st.opened_at.map(|t| t + self.interval),
+            closing: st.closing,
+            idle_rv: st.open.is_empty().then(|| st.rv.clone()),
+        }
+    }
+
+    /// Waits until `until` (or for ever), or until there is something to take: a sealed
+    /// batch, an open batch that became due, or closing.
+    pub fn wait(&self, until: Option<Instant>) {
+        let mut st = self.lock();
+        loop {
+            let now = Instant::now();
+            let due = st.opened_at.map(|t| t + self.interval);
+            if !st.sealed.is_empty()
+                || st.closing.is_some()
+                || due.is_some_and(|d| d <= now)
+                || until.is_some_and(|u| u <= now)
+            {
+                return;
+            }
+            let wake = [due, until].into_iter().flatten().min();
+            let timeout = wake.map(|w| w - now).unwrap_or(Duration::from_secs(3600));
+            st = self
+                .cv
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Labels<'static> {
+        Labels {
+            namespace: "ns",
+            kind: "Pod",
+            type_: "Normal",
+        }
+    }
+
+    #[test]
+    fn seals_at_max_bytes_with_the_covered_resource_version() {
+        let q = Queue::new(Duration::from_secs(3600), 2048, vec![], "1".into());
+        let line = "x".repeat(500);
+        for i in 0..10 {
+            q.append(labels(), i, &line, Some(("uid", i, 7)));
+            q.advance(&format!("{}", i + 10));
+        }
+        assert_eq!(q.pending(), 10);
+        let t = q.take();
+        assert!(!t.sealed.is_empty());
+        // The first batch was sealed when the line of frame n arrived: it covers frame n-1.
+        let (first, rv) = &t.sealed[0];
+        assert!(first.body.len() <= 2048, "{}", first.body.len());
+        assert_eq!(rv, &format!("{}", 10 + first.entries - 1));
+        assert_eq!(first.n_records, first.entries);
+        q.close(Instant::now() + Duration::from_secs(10));
+        let t2 = q.take();
+        let total: usize = t
+            .sealed
+            .iter()
+            .chain(&t2.sealed)
+            .map(|(b, _)| b.entries)
+            .sum();
+        assert_eq!(total, 10);
+        assert_eq!(t2.idle_rv.as_deref(), Some("19"));
+        assert!(
+            t.idle_rv.is_none() || t.sealed.iter().map(|(b, _)| b.entries).sum::<usize>() == 10
+        );
+    }
+
+    #[test]
+    fn the_open_batch_is_due_after_the_interval() {
+        let q = Queue::new(Duration::from_millis(50), 1 << 20, vec![], String::new());
+        q.append(labels(), 1, "a", None);
+        let t = q.take();
+        assert!(t.sealed.is_empty() && t.next_due.is_some());
+        let start = Instant::now();
+        q.wait(None);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(q.take().sealed.len(), 1);
+    }
+}

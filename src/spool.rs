@@ -1,0 +1,760 @@
+//! What is on disk in `DATA_DIR`: the spool of batches Loki has not accepted yet, and the
+//! memory of what was shipped (journal + checkpoint), so that a restart, a crash or a long
+//! Loki outage neither loses nor repeats an occurrence. See ARCHITECTURE.md, "On disk".
+//!
+//! The order of writes is the whole design:
+//! 1. a sealed batch is written to `spool/<seq>.batch` (temp file, fsync, rename, fsync dir)
+//!    before its first push;
+//! 2. then its shipped-occurrence records and the resourceVersion they cover are appended to
+//!    the journal and fsynced ("committed"), in batch order;
+//! 3. the spool file is deleted after Loki answered 2xx.
+//! A crash between 1 and 2 re-ships the batch's occurrences on restart: byte-identical entries,
+//! which Loki folds. A crash after 2 pushes the spooled batch again at worst (same bytes). If
+//! the spool cannot be written (disk full), the batch is pushed from memory and committed
+//! only after Loki accepted it; later batches wait for it, so the resourceVersion never
+//! runs ahead of what is safe.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+
+use crate::batch::{fnv1a, FNV_OFFSET};
+
+const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 1";
+const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 1";
+/// Compact the journal into a checkpoint when it is this large (and larger than twice the
+/// last checkpoint), so a restart replays little.
+const COMPACT_AT: u64 = 8 << 20;
+
+/// What kube-event remembers of a shipped event: the last count and line hash shipped, and
+/// when (Unix seconds), for the retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    pub count: i64,
+    pub hash: u64,
+    pub at: u64,
+}
+
+pub type ShippedMap = HashMap<Box<str>, Shipped>;
+
+/// A batch in the spool directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolFile {
+    pub seq: u64,
+    pub entries: usize,
+    pub oldest: i64,
+    pub newest: i64,
+    /// Size of the file.
+    pub bytes: u64,
+}
+
+/// What a previous run left.
+pub struct Recovered {
+    pub rv: Option<String>,
+    pub shipped: ShippedMap,
+    /// Oldest first.
+    pub batches: Vec<SpoolFile>,
+}
+
+#[derive(Debug)]
+pub struct OpenError(pub String);
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+pub struct Store {
+    dir: PathBuf,
+    spool_dir: PathBuf,
+    _lock: File,
+    gen: u64,
+    journal: File,
+    journal_bytes: u64,
+    checkpoint_bytes: u64,
+    /// The committed state: what a restart would start from.
+    shipped: ShippedMap,
+    rv: String,
+    next_seq: u64,
+    retention_secs: u64,
+}
+
+impl Store {
+    /// Locks `dir`, creates what is missing, and reads what a previous run left. Damaged
+    /// files are moved to `dir/damaged/` with a warning; what can be read is used.
+    pub fn open(dir: &Path, retention_secs: u64) -> Result<(Store, Recovered), OpenError> {
+        let fail = |what: &str, p: &Path, e: io::Error| {
+            OpenError(format!(
+                "DATA_DIR {}: {what} {}: {e}",
+                dir.display(),
+                p.display()
+            ))
+        };
+        fs::create_dir_all(dir).map_err(|e| fail("cannot create", dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| fail("cannot write", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&lock_path).unwrap_or_default();
+                return Err(OpenError(format!(
+                    "DATA_DIR {} is already in use by another kube-event (pid {}); \
+                     give each instance its own DATA_DIR",
+                    dir.display(),
+                    pid.trim()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(fail("cannot lock", &lock_path, e)),
+        }
+        let mut l = &lock;
+        lock.set_len(0)
+            .and_then(|()| write!(l, "{}\n", std::process::id()))
+            .and_then(|()| lock.sync_all())
+            .map_err(|e| fail("cannot write", &lock_path, e))?;
+        let spool_dir = dir.join("spool");
+        fs::create_dir_all(&spool_dir).map_err(|e| fail("cannot create", &spool_dir, e))?;
+
+        // The checkpoint, then the journal of the same generation.
+        let cp_path = dir.join("checkpoint");
+        let gen;
+        let mut shipped = ShippedMap::new();
+        let mut rv = String::new();
+        let mut checkpoint_bytes = 0;
+        match fs::read(&cp_path) {
+            Ok(bytes) => match parse_checkpoint(&bytes) {
+                Ok((g, r, s)) => {
+                    gen = g;
+                    rv = r;
+                    shipped = s;
+                    checkpoint_bytes = bytes.len() as u64;
+                }
+                Err(why) => {
+                    let to = move_aside(dir, &cp_path);
+                    warn!("checkpoint {} is damaged ({why}); moved aside to {to}; starting from the journal alone", cp_path.display());
+                    gen = newest_journal_gen(dir).unwrap_or(0);
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                gen = newest_journal_gen(dir).unwrap_or(0);
+            }
+            Err(e) => return Err(fail("cannot read", &cp_path, e)),
+        }
+        let journal_path = dir.join(format!("journal-{gen}"));
+        let mut max_seq = 0;
+        let mut damaged_journal = false;
+        match fs::read(&journal_path) {
+            Ok(bytes) => {
+                let (used, replay) = replay_journal(&bytes, &mut shipped, &mut rv, &mut max_seq);
+                if used < bytes.len() {
+                    let to = move_aside(dir, &journal_path);
+                    warn!(
+                        "journal {} is damaged after byte {used} ({replay}); moved aside to {to}; \
+                         using the {used} bytes before it",
+                        journal_path.display()
+                    );
+                    damaged_journal = true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail("cannot read", &journal_path, e)),
+        }
+
+        let (batches, max_file_seq) = scan_spool(dir, &spool_dir);
+        max_seq = max_seq.max(max_file_seq);
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| fail("cannot write", &journal_path, e))?;
+        let journal_bytes = journal.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            spool_dir,
+            _lock: lock,
+            gen,
+            journal,
+            journal_bytes,
+            checkpoint_bytes,
+            shipped,
+            rv,
+            next_seq: max_seq + 1,
+            retention_secs,
+        };
+        // A damaged journal is replaced by a fresh checkpoint of what was recovered.
+        if damaged_journal || store.journal_bytes > COMPACT_AT {
+            store
+                .compact()
+                .map_err(|e| fail("cannot write", &store.dir.join("checkpoint"), e))?;
+        }
+        // Old generations left by a crash during compaction.
+        remove_old_journals(dir, store.gen);
+        store.prune(now_secs());
+        let recovered = Recovered {
+            rv: (!store.rv.is_empty()).then(|| store.rv.clone()),
+            shipped: store.shipped.clone(),
+            batches,
+        };
+        Ok((store, recovered))
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    fn batch_path(&self, seq: u64) -> PathBuf {
+        self.spool_dir.join(format!("{seq:020}.batch"))
+    }
+
+    /// Writes a batch to the spool durably. Returns the file size.
+    pub fn write_batch(
+        &self,
+        seq: u64,
+        entries: usize,
+        oldest: i64,
+        newest: i64,
+        body: &[u8],
+    ) -> io::Result<u64> {
+        let header = format!(
+            "{BATCH_MAGIC} {seq} {entries} {oldest} {newest} {} {:016x}\n",
+            body.len(),
+            fnv1a(body, FNV_OFFSET)
+        );
+        let path = self.batch_path(seq);
+        let tmp = path.with_extension("tmp");
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(header.as_bytes())?;
+            f.write_all(body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&self.spool_dir)
+        };
+        match write() {
+            Ok(()) => Ok((header.len() + body.len()) as u64),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a spooled batch's push body, checking its checksum.
+    pub fn read_batch(&self, seq: u64) -> Result<Vec<u8>, String> {
+        let path = self.batch_path(seq);
+        let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        parse_batch(&bytes)
+            .map(|(_, body)| body.to_vec())
+            .map_err(|why| format!("{} is damaged: {why}", path.display()))
+    }
+
+    pub fn remove_batch(&self, seq: u64) {
+        let path = self.batch_path(seq);
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Moves a spooled batch that cannot be read to `damaged/`.
+    pub fn set_aside(&self, seq: u64) -> String {
+        move_aside(&self.dir, &self.batch_path(seq))
+    }
+
+    /// Keeps a batch Loki refused for good, with Loki's answer, in `rejected/`. Returns a
+    /// phrase for the log line.
+    pub fn keep_rejected(&self, seq: u64, body: &[u8], status: u16, answer: &str) -> String {
+        keep_rejected(&self.dir.join("rejected"), seq, body, status, answer)
+    }
+
+    /// Appends a batch's records (lines `uid count hash`) and the resourceVersion they cover to
+    /// the journal, durably.
+    pub fn commit(&mut self, seq: u64, records: &str, n: usize, rv: &str) -> io::Result<()> {
+        if n == 0 && rv == self.rv {
+            return Ok(());
+        }
+        let at = now_secs();
+        let mut block = format!("B {seq} {n} {at} {}\n", json_str(rv));
+        block.push_str(records);
+        let sum = fnv1a(block.as_bytes(), FNV_OFFSET);
+        block.push_str(&format!("E {sum:016x}\n"));
+        self.journal.write_all(block.as_bytes())?;
+        self.journal.sync_data()?;
+        self.journal_bytes += block.len() as u64;
+        apply_records(records, at, &mut self.shipped);
+        if !rv.is_empty() {
+            self.rv = rv.to_string();
+        }
+        if self.journal_bytes > COMPACT_AT && self.journal_bytes > 2 * self.checkpoint_bytes {
+            self.prune(at);
+            if let Err(e) = self.compact() {
+                warn!("cannot compact the journal into a checkpoint: {e}; will try again");
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets events not shipped for longer than the retention.
+    fn prune(&mut self, now: u64) {
+        let keep = self.retention_secs;
+        self.shipped.retain(|_, s| now.saturating_sub(s.at) < keep);
+    }
+
+    /// Writes the committed state as a new checkpoint generation and starts a new journal.
+    fn compact(&mut self) -> io::Result<()> {
+        let gen = self.gen + 1;
+        let mut text = format!("{CHECKPOINT_MAGIC} {gen}\nR {}\n", json_str(&self.rv));
+        for (uid, s) in &self.shipped {
+            text.push_str(&format!("{uid} {} {:016x} {}\n", s.count, s.hash, s.at));
+        }
+        let sum = fnv1a(text.as_bytes(), FNV_OFFSET);
+        text.push_str(&format!("E {sum:016x}\n"));
+        let path = self.dir.join("checkpoint");
+        let tmp = self.dir.join("checkpoint.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        let journal_path = self.dir.join(format!("journal-{gen}"));
+        let journal = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&journal_path)?;
+        journal.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)?;
+        let old = self.dir.join(format!("journal-{}", self.gen));
+        self.journal = OpenOptions::new().append(true).open(&journal_path)?;
+        self.gen = gen;
+        self.journal_bytes = 0;
+        self.checkpoint_bytes = text.len() as u64;
+        let _ = fs::remove_file(old);
+        info!(
+            "compacted the journal: checkpoint generation {gen}, {} events remembered",
+            self.shipped.len()
+        );
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    crate::event::write_json_str(s, &mut out);
+    out
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Applies `uid count hash` lines; malformed lines were excluded by the checksum.
+fn apply_records(records: &str, at: u64, shipped: &mut ShippedMap) {
+    for line in records.lines() {
+        let mut parts = line.split(' ');
+        let (Some(uid), Some(count), Some(hash)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(count), Ok(hash)) = (count.parse(), u64::from_str_radix(hash, 16)) else {
+            continue;
+        };
+        let s = Shipped { count, hash, at };
+        match shipped.get_mut(uid) {
+            Some(v) => *v = s,
+            None => {
+                shipped.insert(uid.into(), s);
+            }
+        }
+    }
+}
+
+/// Replays journal blocks into the state. Returns how many bytes were valid, and why the
+/// rest was not.
+fn replay_journal(
+    bytes: &[u8],
+    shipped: &mut ShippedMap,
+    rv: &mut String,
+    max_seq: &mut u64,
+) -> (usize, String) {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        match parse_block(&bytes[pos..]) {
+            Ok((len, seq, at, block_rv, records)) => {
+                apply_records(records, at, shipped);
+                if !block_rv.is_empty() {
+                    *rv = block_rv;
+                }
+                *max_seq = (*max_seq).max(seq);
+                pos += len;
+            }
+            Err(why) => return (pos, why),
+        }
+    }
+    (pos, String::new())
+}
+
+/// One journal block: `B seq n at rv\n` + n record lines + `E checksum\n`.
+fn parse_block(bytes: &[u8]) -> Result<(usize, u64, u64, String, &str), String> {
+    let text_end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("torn block header")?;
+    let header = std::str::from_utf8(&bytes[..text_end]).map_err(|_| "header is not UTF-8")?;
+    let mut parts = header.splitn(5, ' ');
+    if parts.next() != Some("B") {
+        return Err("not a block header".into());
+    }
+    let seq: u64 = num(parts.next())?;
+    let n: usize = num(parts.next())?;
+    let at: u64 = num(parts.next())?;
+    let rv: String = serde_json::from_str(parts.next().ok_or("no resourceVersion")?)
+        .map_err(|_| "bad resourceVersion")?;
+    let mut pos = text_end + 1;
+    for _ in 0..n {
+        let end = bytes[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("torn record")?;
+        pos += end + 1;
+    }
+    let records =
+        std::str::from_utf8(&bytes[text_end + 1..pos]).map_err(|_| "records are not UTF-8")?;
+    let end = bytes[pos..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("torn block end")?;
+    let trailer = std::str::from_utf8(&bytes[pos..pos + end]).map_err(|_| "bad block end")?;
+    let sum = trailer
+        .strip_prefix("E ")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or("bad block end")?;
+    if fnv1a(&bytes[..pos], FNV_OFFSET) != sum {
+        return Err("checksum mismatch".into());
+    }
+    Ok((pos + end + 1, seq, at, rv, records))
+}
+
+fn num<T: std::str::FromStr>(s: Option<&str>) -> Result<T, String> {
+    s.and_then(|s| s.parse().ok())
+        .ok_or_else(|| "bad number".to_string())
+}
+
+fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, ShippedMap), String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8")?;
+    let body_end = text.trim_end_matches('\n').rfind('\n').ok_or("too short")? + 1;
+    let sum = text[body_end..]
+        .trim_end()
+        .strip_prefix("E ")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or("no checksum line")?;
+    if fnv1a(&bytes[..body_end], FNV_OFFSET) != sum {
+        return Err("checksum mismatch".into());
+    }
+    let mut lines = text[..body_end].lines();
+    let gen = lines
+        .next()
+        .and_then(|l| l.strip_prefix(CHECKPOINT_MAGIC))
+        .and_then(|g| g.trim().parse().ok())
+        .ok_or("not a kube-event checkpoint")?;
+    let rv: String = lines
+        .next()
+        .and_then(|l| l.strip_prefix("R "))
+        .and_then(|r| serde_json::from_str(r).ok())
+        .ok_or("no resourceVersion line")?;
+    let mut shipped = ShippedMap::new();
+    for line in lines {
+        let p: Vec<&str> = line.split(' ').collect();
+        if p.len() != 4 {
+            return Err(format!("bad record {line:?}"));
+        }
+        let s = Shipped {
+            count: p[1].parse().map_err(|_| "bad count")?,
+            hash: u64::from_str_radix(p[2], 16).map_err(|_| "bad hash")?,
+            at: p[3].parse().map_err(|_| "bad time")?,
+        };
+        shipped.insert(p[0].into(), s);
+    }
+    Ok((gen, rv, shipped))
+}
+
+/// A spool file: header line + push body. Returns the header fields and the body.
+fn parse_batch(bytes: &[u8]) -> Result<(SpoolFile, &[u8]), String> {
+    let end = bytes.iter().position(|&b| b == b'\n').ok_or("no header")?;
+    let header = std::str::from_utf8(&bytes[..end]).map_err(|_| "bad header")?;
+    let rest = header
+        .strip_prefix(BATCH_MAGIC)
+        .ok_or("not a kube-event batch")?;
+    let p: Vec<&str> = rest.split_whitespace().collect();
+    if p.len() != 6 {
+        return Err("bad header".into());
+    }
+    let seq = num(Some(p[0]))?;
+    let entries = num(Some(p[1]))?;
+    let oldest = num(Some(p[2]))?;
+    let newest = num(Some(p[3]))?;
+    let len: usize = num(Some(p[4]))?;
+    let sum = u64::from_str_radix(p[5], 16).map_err(|_| "bad checksum")?;
+    let body = &bytes[end + 1..];
+    if body.len() != len {
+        return Err(format!("{} of {len} body bytes (torn write)", body.len()));
+    }
+    if fnv1a(body, FNV_OFFSET) != sum {
+        return Err("checksum mismatch".into());
+    }
+    Ok((
+        SpoolFile {
+            seq,
+            entries,
+            oldest,
+            newest,
+            bytes: bytes.len() as u64,
+        },
+        body,
+    ))
+}
+
+/// The spool files that are whole, oldest first; damaged ones are moved aside. Also the
+/// highest sequence number any file was named with, so that none is used twice.
+fn scan_spool(dir: &Path, spool_dir: &Path) -> (Vec<SpoolFile>, u64) {
+    let mut out = Vec::new();
+    let mut max_seq = 0;
+    let Ok(rd) = fs::read_dir(spool_dir) else {
+        return (out, max_seq);
+    };
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".tmp") {
+            // A write that never finished: its batch was never pushed nor committed.
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let Some(stem) = name.strip_suffix(".batch") else {
+            continue;
+        };
+        max_seq = max_seq.max(stem.parse().unwrap_or(0));
+        let mut bytes = Vec::new();
+        let parsed = File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| e.to_string())
+            .and_then(|_| parse_batch(&bytes).map(|(h, _)| h));
+        match parsed {
+            Ok(h) if format!("{:020}.batch", h.seq) == name => out.push(h),
+            Ok(_) => {
+                let to = move_aside(dir, &path);
+                warn!(
+                    "spool file {} does not match its name; moved aside to {to}",
+                    path.display()
+                );
+            }
+            Err(why) => {
+                let to = move_aside(dir, &path);
+                warn!(
+                    "spool file {} is damaged ({why}); moved aside to {to}",
+                    path.display()
+                );
+            }
+        }
+    }
+    out.sort_by_key(|b| b.seq);
+    (out, max_seq)
+}
+
+fn newest_journal_gen(dir: &Path) -> Option<u64> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("journal-")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+}
+
+fn remove_old_journals(dir: &Path, keep: u64) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(gen) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("journal-"))
+            .and_then(|g| g.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if gen < keep {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Moves `path` into `dir/damaged/`, keeping its name with a time suffix. Returns where it
+/// went (or why it could not be moved, in which case it is deleted so it cannot stop a
+/// restart again).
+fn move_aside(dir: &Path, path: &Path) -> String {
+    let damaged = dir.join("damaged");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "file".into());
+    let to = damaged.join(format!("{name}.{}", now_secs()));
+    match fs::create_dir_all(&damaged).and_then(|()| fs::rename(path, &to)) {
+        Ok(()) => to.display().to_string(),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            format!("nowhere ({e}; deleted)")
+        }
+    }
+}
+
+/// Writes a rejected batch and Loki's answer to `dir`. Returns a phrase for the log line.
+pub fn keep_rejected(dir: &Path, seq: u64, body: &[u8], status: u16, answer: &str) -> String {
+    let base = dir.join(format!("{}-{seq:020}", now_secs()));
+    let write = || -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        let mut f = File::create(base.with_extension("json"))?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        fs::write(
+            base.with_extension("answer.txt"),
+            format!("HTTP {status}\n{answer}\n"),
+        )
+    };
+    match write() {
+        Ok(()) => format!("kept in {}.json", base.display()),
+        Err(e) => format!("could not keep it in {}: {e}", dir.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    fn rec(uid: &str, count: i64, hash: u64) -> String {
+        format!("{uid} {count} {hash:016x}\n")
+    }
+
+    #[test]
+    fn journal_survives_a_restart_and_a_torn_tail() {
+        let t = TempDir::new("spool-journal");
+        let dir = t.join("data");
+        {
+            let (mut s, r) = Store::open(&dir, 7200).unwrap();
+            assert!(r.rv.is_none() && r.shipped.is_empty() && r.batches.is_empty());
+            let seq = s.next_seq();
+            s.commit(seq, &(rec("a", 1, 7) + &rec("b", 2, 8)), 2, "100")
+                .unwrap();
+            let seq = s.next_seq();
+            s.commit(seq, &rec("a", 3, 9), 1, "105").unwrap();
+        }
+        let (_, r) = Store::open(&dir, 7200).unwrap();
+        assert_eq!(r.rv.as_deref(), Some("105"));
+        assert_eq!(r.shipped["a"].count, 3);
+        assert_eq!(r.shipped["b"].hash, 8);
+        drop(r);
+        // A torn write at the end of the journal: the whole blocks before it are used.
+        let j = dir.join("journal-0");
+        let mut f = OpenOptions::new().append(true).open(&j).unwrap();
+        f.write_all(b"B 3 1 0 \"110\"\nc 1 00000000000000").unwrap();
+        drop(f);
+        let (_, r) = Store::open(&dir, 7200).unwrap();
+        assert_eq!(r.rv.as_deref(), Some("105"));
+        assert_eq!(r.shipped.len(), 2);
+        assert_eq!(fs::read_dir(dir.join("damaged")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn spool_files_round_trip_and_damaged_ones_are_set_aside() {
+        let t = TempDir::new("spool-files");
+        let dir = t.join("data");
+        let (mut s, _) = Store::open(&dir, 7200).unwrap();
+        let a = s.next_seq();
+        let b = s.next_seq();
+        s.write_batch(a, 2, 10, 20, b"{\"streams\":[]}").unwrap();
+        s.write_batch(b, 1, 30, 30, b"{\"streams\":[1]}").unwrap();
+        assert_eq!(s.read_batch(b).unwrap(), b"{\"streams\":[1]}");
+        drop(s);
+        // Tear the second file.
+        let p = dir.join(format!("spool/{b:020}.batch"));
+        let bytes = fs::read(&p).unwrap();
+        fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        let (mut s, r) = Store::open(&dir, 7200).unwrap();
+        assert_eq!(r.batches.len(), 1);
+        assert_eq!((r.batches[0].seq, r.batches[0].entries), (a, 2));
+        assert!(s.next_seq() > b, "sequence numbers are not reused");
+        assert_eq!(fs::read_dir(dir.join("damaged")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_the_state_and_a_damaged_checkpoint_is_set_aside() {
+        let t = TempDir::new("spool-compact");
+        let dir = t.join("data");
+        let (mut s, _) = Store::open(&dir, 7200).unwrap();
+        for i in 0..5 {
+            let seq = s.next_seq();
+            s.commit(seq, &rec(&format!("u{i}"), i, i as u64), 1, &format!("{i}"))
+                .unwrap();
+        }
+        s.compact().unwrap();
+        let seq = s.next_seq();
+        s.commit(seq, &rec("u9", 9, 9), 1, "9").unwrap();
+        drop(s);
+        let (_, r) = Store::open(&dir, 7200).unwrap();
+        assert_eq!(r.shipped.len(), 6);
+        assert_eq!(r.rv.as_deref(), Some("9"));
+        assert!(!dir.join("journal-0").exists() && dir.join("journal-1").exists());
+        drop(r);
+        fs::write(dir.join("checkpoint"), "garbage").unwrap();
+        let (_, r) = Store::open(&dir, 7200).unwrap();
+        // The journal of the newest generation still holds u9.
+        assert_eq!(r.shipped.len(), 1);
+        assert!(dir.join("damaged").read_dir().unwrap().count() == 1);
+    }
+
+    #[test]
+    fn retention_forgets_old_events() {
+        let t = TempDir::new("spool-retention");
+        let dir = t.join("data");
+        let (mut s, _) = Store::open(&dir, 7200).unwrap();
+        let seq = s.next_seq();
+        s.commit(seq, &rec("old", 1, 1), 1, "1").unwrap();
+        s.shipped.get_mut("old").unwrap().at -= 7201;
+        s.prune(now_secs());
+        assert!(s.shipped.is_empty());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let t = TempDir::new("spool-lock");
+        let dir = t.join("data");
+        let (_s, _) = Store::open(&dir, 7200).unwrap();
+        let e = Store::open(&dir, 7200).err().unwrap().to_string();
+        assert!(e.contains("already in use"), "{e}");
+        assert!(e.contains(&std::process::id().to_string()), "{e}");
+    }
+}
