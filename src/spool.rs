@@ -8,6 +8,7 @@
 //! 2. then its shipped-occurrence records and the resourceVersion they cover are appended to
 //!    the journal and fsynced ("committed"), in batch order;
 //! 3. the spool file is deleted after Loki answered 2xx.
+//!
 //! A crash between 1 and 2 re-ships the batch's occurrences on restart: byte-identical entries,
 //! which Loki folds. A crash after 2 pushes the spooled batch again at worst (same bytes). If
 //! the spool cannot be written (disk full), the batch is pushed from memory and committed
@@ -120,7 +121,7 @@ impl Store {
         }
         let mut l = &lock;
         lock.set_len(0)
-            .and_then(|()| write!(l, "{}\n", std::process::id()))
+            .and_then(|()| writeln!(l, "{}", std::process::id()))
             .and_then(|()| lock.sync_all())
             .map_err(|e| fail("cannot write", &lock_path, e))?;
         let spool_dir = dir.join("spool");

@@ -109,7 +109,7 @@ fn digits(b: &[u8]) -> Option<u32> {
 }
 
 fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+    y.rem_euclid(4) == 0 && (y.rem_euclid(100) != 0 || y.rem_euclid(400) == 0)
 }
 
 fn days_in_month(y: i64, m: i64) -> i64 {
@@ -175,6 +175,15 @@ mod tests {
             ("", None),
             ("null", None),
             ("2026-11-25T19:40:33Zjunk", None),
+            ("2024-02-29t12:34:56z", Some(1_709_210_096_000_000_000)),
+            ("2024-02-29T10:04:56-02:30", Some(1_709_210_096_000_000_000)),
+            (
+                "2024-02-29T12:34:56.123456789123Z",
+                Some(1_709_210_096_123_456_789),
+            ),
+            ("2024-01-01T24:00:00Z", None),
+            ("2024-01-01T00:00:00+0200", None),
+            ("2024-1-01T00:00:00Z", None),
         ];
         for (input, want) in cases {
             assert_eq!(parse_rfc3339_nanos(input), *want, "{input}");

@@ -663,106 +663,10 @@ fn parse_exec_credential(api_version: &str, stdout: &[u8]) -> Result<ExecToken, 
     })
 }
 
-/// Parses an RFC 3339 date-time ("2024-05-01T12:00:00Z", "...T12:00:00.5+02:00").
-/// Private on purpose: the event-time parser elsewhere has other needs (MicroTime, null).
+/// `expirationTimestamp` as a `SystemTime` (crate::time parses RFC 3339).
 fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<u32> {
-        let digits = b.get(range)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' {
-        return None;
-    }
-    if b[16] != b':' || !(1..=12).contains(&month) || day == 0 {
-        return None;
-    }
-    if day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-
-    // Optional fraction, then the offset.
-    let mut i = 19;
-    let mut nanos: u32 = 0;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 9 {
-                nanos = nanos * 10 + u32::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        for _ in (i - start)..9 {
-            nanos *= 10;
-        }
-    }
-    let offset_secs: i64 = match b.get(i..)? {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let digits = [*h1, *h2, *m1, *m2];
-            if !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let h = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
-            let m = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let secs = h * 3600 + m * 60;
-            if *sign == b'+' {
-                secs
-            } else {
-                -secs
-            }
-        }
-        _ => return None,
-    };
-
-    let days = days_from_civil(i64::from(year), month, day);
-    let local = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    let utc = local - offset_secs;
-    let whole = Duration::from_secs(utc.unsigned_abs());
-    if utc >= 0 {
-        UNIX_EPOCH
-            .checked_add(whole)?
-            .checked_add(Duration::from_nanos(u64::from(nanos)))
-    } else {
-        UNIX_EPOCH
-            .checked_sub(whole)?
-            .checked_add(Duration::from_nanos(u64::from(nanos)))
-    }
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let nanos = crate::time::parse_rfc3339_nanos(s)?;
+    UNIX_EPOCH.checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1159,24 +1063,9 @@ mod tests {
 
     /// Test helper: seconds since the epoch -> "YYYY-MM-DDTHH:MM:SSZ".
     fn format_rfc3339(secs: i64) -> String {
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        // Inverse of days_from_civil by search: fine for a test.
-        let mut year = 1970;
-        while days_from_civil(year + 1, 1, 1) <= days {
-            year += 1;
-        }
-        let mut month = 1;
-        while month < 12 && days_from_civil(year, month + 1, 1) <= days {
-            month += 1;
-        }
-        let day = days - days_from_civil(year, month, 1) + 1;
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        let mut s = String::new();
+        crate::time::format_rfc3339(secs * 1_000_000_000, &mut s);
+        s
     }
 
     #[test]
@@ -1281,45 +1170,6 @@ mod tests {
                 script.to_str().unwrap()
             )
         );
-    }
-
-    #[test]
-    fn rfc3339_parsing() {
-        let cases: &[(&str, Option<(i64, u32)>)] = &[
-            ("1970-01-01T00:00:00Z", Some((0, 0))),
-            ("2024-02-29T12:34:56Z", Some((1_709_210_096, 0))),
-            ("2024-02-29t12:34:56z", Some((1_709_210_096, 0))),
-            ("2024-02-29T14:34:56+02:00", Some((1_709_210_096, 0))),
-            ("2024-02-29T10:04:56-02:30", Some((1_709_210_096, 0))),
-            ("2024-02-29T12:34:56.5Z", Some((1_709_210_096, 500_000_000))),
-            (
-                "2024-02-29T12:34:56.123456789123Z",
-                Some((1_709_210_096, 123_456_789)),
-            ),
-            ("1969-12-31T23:59:59Z", Some((-1, 0))),
-            ("2000-03-01T00:00:00Z", Some((951_868_800, 0))),
-            ("2023-02-29T00:00:00Z", None),
-            ("2024-13-01T00:00:00Z", None),
-            ("2024-01-01T24:00:00Z", None),
-            ("2024-01-01T00:00:60Z", None),
-            ("2024-01-01 00:00:00Z", None),
-            ("2024-01-01T00:00:00", None),
-            ("2024-01-01T00:00:00.Z", None),
-            ("2024-01-01T00:00:00+0200", None),
-            ("2024-01-01T00:00:00Z ", None),
-            ("2024-1-01T00:00:00Z", None),
-            ("", None),
-        ];
-        for (input, want) in cases {
-            let got = parse_rfc3339(input).map(|t| match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-                Err(e) => (
-                    -(e.duration().as_secs() as i64),
-                    e.duration().subsec_nanos(),
-                ),
-            });
-            assert_eq!(got, *want, "{input:?}");
-        }
     }
 
     #[test]
