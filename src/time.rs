@@ -4,8 +4,15 @@
 //! twenty lines.
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into nanoseconds since the Unix epoch.
-/// Returns `None` for anything else, including dates before 1970.
+/// Returns `None` for anything else, including dates before 1970 and after 2262.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
+    let (secs, frac) = parse_rfc3339(s)?;
+    secs.checked_mul(1_000_000_000)?.checked_add(frac as i64)
+}
+
+/// Parses RFC 3339 into seconds since the Unix epoch and nanoseconds, for any year from
+/// 1970 to 9999 (credential expiry times like `2999-01-01T00:00:00Z` are real).
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -66,7 +73,7 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
     if secs < 0 {
         return None;
     }
-    secs.checked_mul(1_000_000_000)?.checked_add(frac_nanos)
+    Some((secs, frac_nanos as u32))
 }
 
 /// Formats Unix nanoseconds as RFC 3339 in UTC with as many fractional digits as needed

@@ -665,8 +665,8 @@ fn parse_exec_credential(api_version: &str, stdout: &[u8]) -> Result<ExecToken, 
 
 /// `expirationTimestamp` as a `SystemTime` (crate::time parses RFC 3339).
 fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let nanos = crate::time::parse_rfc3339_nanos(s)?;
-    UNIX_EPOCH.checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
+    let (secs, nanos) = crate::time::parse_rfc3339(s)?;
+    UNIX_EPOCH.checked_add(Duration::new(u64::try_from(secs).ok()?, nanos))
 }
 
 // ---------------------------------------------------------------------------------------------
