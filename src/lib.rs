@@ -233,9 +233,8 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         info!("{reason}: stopping");
         return Ok(());
     };
-    let pending = queue.pending();
     info!(
-        "{reason}: stopping; pushing the {pending} entries still queued (at most {}s)",
+        "{reason}: stopping; pushing what is queued (at most {}s)",
         SHUTDOWN_GRACE.as_secs()
     );
     let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -247,10 +246,11 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         match rx.recv_timeout(left) {
             Ok(Msg::PusherStopped) => break,
             Ok(Msg::Signal(sig)) => {
-                let left = queue.pending();
                 error!(
-                    "second signal ({}): exiting at once; {left} queued entries were not pushed",
-                    signal_name(sig)
+                    "second signal ({}): exiting at once; what is in the spool is pushed at the \
+                     next start, the {} entries not yet in it are lost",
+                    signal_name(sig),
+                    queue.pending()
                 );
                 return Err(Error::Runtime("stopped by a second signal".into()));
             }

@@ -140,6 +140,8 @@ impl Pusher {
     }
 
     fn spool(&mut self, sealed: Sealed, rv: String) {
+        // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
+        self.make_room(sealed.body.len() as u64 + 128);
         let seq = self.store.next_seq();
         let (body, bytes) = match self.store.write_batch(
             seq,
@@ -211,7 +213,14 @@ impl Pusher {
     /// Drops the oldest batches while the spool is over `SPOOL_MAX_BYTES` (keeping at least
     /// the newest batch).
     fn enforce_limit(&mut self) {
-        while self.spool_bytes > self.spool_max && self.backlog.len() > 1 {
+        if self.backlog.len() > 1 {
+            self.make_room(0);
+        }
+    }
+
+    /// Drops the oldest batches until `extra` more bytes fit under `SPOOL_MAX_BYTES`.
+    fn make_room(&mut self, extra: u64) {
+        while self.spool_bytes + extra > self.spool_max && !self.backlog.is_empty() {
             let Some(item) = self.backlog.pop_front() else {
                 break;
             };
@@ -384,6 +393,9 @@ impl Pusher {
     /// At shutdown: says what is left, and where.
     fn finish(&mut self) {
         self.commit();
+        if let Err(e) = self.store.checkpoint() {
+            warn!("cannot write the checkpoint: {e}; the next start replays the journal");
+        }
         let in_memory: usize = self
             .backlog
             .iter()

@@ -20,7 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use log::{info, warn};
+use log::{debug, warn};
 
 use crate::batch::{fnv1a, FNV_OFFSET};
 
@@ -309,6 +309,13 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the committed state as a checkpoint (at a clean stop: the next start reads one
+    /// small file instead of replaying the journal).
+    pub fn checkpoint(&mut self) -> io::Result<()> {
+        self.prune(now_secs());
+        self.compact()
+    }
+
     /// Forgets events not shipped for longer than the retention.
     fn prune(&mut self, now: u64) {
         let keep = self.retention_secs;
@@ -344,7 +351,7 @@ impl Store {
         self.journal_bytes = 0;
         self.checkpoint_bytes = text.len() as u64;
         let _ = fs::remove_file(old);
-        info!(
+        debug!(
             "compacted the journal: checkpoint generation {gen}, {} events remembered",
             self.shipped.len()
         );

@@ -407,7 +407,7 @@ fn sigint_also_stops_cleanly_and_a_second_signal_exits_at_once() {
     let ke = rig.start(&[("PUSH_INTERVAL_SECONDS", "1")]);
     ke.wait_for_stderr("cannot reach Loki", T);
     ke.sigint();
-    ke.wait_for_stderr("stopping; pushing the", T);
+    ke.wait_for_stderr("stopping; pushing what is queued", T);
     ke.sigterm();
     let status = ke.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1), "{}", ke.stderr_text());
