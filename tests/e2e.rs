@@ -366,6 +366,9 @@ fn loki_failing_then_recovering_loses_nothing() {
     let ke = rig.start(&[]);
     rig.loki.wait_for_attempts(4, T);
     rig.loki.wait_for_entries(10, T);
+    // Only once kube-event has Loki's answer: going away with a push in flight would make it
+    // re-send that batch (byte-identical, which real Loki folds but the fake counts).
+    ke.wait_for_stderr("pushed batch", T);
     // Loki goes away; events keep coming; it comes back.
     rig.loki.go_away();
     create_events(&rig.api, "demo", "b", 10);
