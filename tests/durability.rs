@@ -1159,3 +1159,48 @@ fn the_new_keys_are_validated_naming_file_line_and_key() {
     let log = ke.stderr_text();
     assert!(!log.contains("unknown key"), "{log}");
 }
+
+// ---------------------------------------------------------------------------------------
+// A write failure at run time (disk full, I/O error): logged, pushed from memory, retried.
+
+#[test]
+fn a_spool_that_cannot_be_written_pushes_from_memory_and_recovers_when_it_can() {
+    let rig = Rig::new();
+    rig.loki.go_away();
+    let ke = rig.start_watching(&[]);
+    // The spool directory turns into a file: every write to it fails from now on (as root,
+    // permissions would not stop a write, so the failure is made by the file system layout).
+    let spool = rig.spool();
+    let real = rig.data().join("spool.real");
+    std::fs::rename(&spool, &real).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    rig.api
+        .create(event("demo", "a.1", "while the disk fails", &now_secs()));
+    let log = ke.wait_for_stderr("to the spool", T);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("cannot write batch")),
+        "{log}"
+    );
+    // Loki comes back: the batch is pushed from memory.
+    rig.loki.come_back();
+    rig.loki.wait_for_entries(1, T);
+    // The disk recovers: the next batches are spooled again.
+    std::fs::remove_file(&spool).unwrap();
+    std::fs::rename(&real, &spool).unwrap();
+    rig.api
+        .create(event("demo", "b.1", "after the disk is back", &now_secs()));
+    rig.loki.wait_for_entries(2, T);
+    ke.wait_for_stderr("spooled batch", T);
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    // What was pushed from memory was committed once Loki took it: a restart sends nothing.
+    let ke = rig.start_watching(&[]);
+    rig.api
+        .create(event("demo", "c.1", "after the restart", &now_secs()));
+    rig.loki.wait_for_entries(3, T);
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    assert_eq!(rig.loki.entries().len(), 3);
+    assert_no_duplicates(&rig.loki);
+}
