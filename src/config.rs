@@ -36,6 +36,10 @@ pub const KEYS: &[&str] = &[
     "MAX_LINE_BYTES",
     "ENABLE_DETAILED",
     "LOG_LEVEL",
+    "LOG_FILE",
+    "LOG_KEEP_DAYS",
+    "METRICS_ADDR",
+    "HEALTH_STALL_SECONDS",
 ];
 
 /// Labels kube-event sets itself; `LABELS` may not reuse them.
@@ -63,6 +67,14 @@ pub struct Config {
     pub max_line_bytes: usize,
     pub enable_detailed: bool,
     pub log_level: String,
+    /// `LOG_FILE`: log here, rotated daily, instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// `LOG_KEEP_DAYS`: rotated log files kept.
+    pub log_keep_days: u32,
+    /// `METRICS_ADDR`: where /metrics, /healthz and /readyz are served; `None` = off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `HEALTH_STALL_SECONDS`: /healthz fails when the watch made no progress for this long.
+    pub health_stall: Duration,
     /// Problems worth a warning (unknown keys, repeated keys), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -433,6 +445,24 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         )? as usize,
         enable_detailed: boolean("ENABLE_DETAILED")?,
         log_level,
+        log_file: path("LOG_FILE"),
+        log_keep_days: number("LOG_KEEP_DAYS", 7, 1, 3650, "a whole number of days")? as u32,
+        metrics_addr: match string("METRICS_ADDR") {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                err(
+                    "METRICS_ADDR",
+                    format!("expected an address and port such as 0.0.0.0:9102, got {a:?}"),
+                )
+            })?),
+        },
+        health_stall: Duration::from_secs(number(
+            "HEALTH_STALL_SECONDS",
+            600,
+            30,
+            86_400,
+            "a whole number of seconds",
+        )?),
         warnings,
     })
 }

@@ -18,7 +18,10 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod kube;
+pub mod logfile;
 pub mod loki;
+pub mod metrics;
+pub mod notify;
 pub mod pusher;
 pub mod queue;
 pub mod ship;
@@ -189,11 +192,22 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         (shipper, Some(queue), start)
     };
 
+    if let Some(addr) = config.metrics_addr {
+        let bound = metrics::serve(addr, stats.clone(), config.health_stall)
+            .map_err(|e| Error::Config(format!("METRICS_ADDR {addr}: cannot listen: {e}")))?;
+        info!("serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+
     let mut first_list = true;
+    let listed_stats = stats.clone();
     let on_listed: watcher::OnListed = Box::new(move |n| {
         if first_list {
             first_list = false;
+            listed_stats
+                .listed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             info!("first list done ({n} events); kube-event is up");
+            notify::notify("READY=1");
         }
     });
     let w = watcher::Watcher::new(kube, shipper, shutdown.clone(), stats.clone(), on_listed);
@@ -229,6 +243,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         Err(_) => return Err(Error::Runtime("all threads stopped".into())),
     };
     shutdown.trigger();
+    notify::notify("STOPPING=1");
     let Some(queue) = queue else {
         info!("{reason}: stopping");
         return Ok(());

@@ -59,9 +59,13 @@ impl std::error::Error for Error {}
 
 /// The result of one push attempt.
 pub enum Outcome {
-    Accepted,
+    Accepted {
+        status: u16,
+    },
     Retry {
         why: String,
+        /// `None` when Loki could not be reached.
+        status: Option<u16>,
         retry_after: Option<Duration>,
     },
     Reject {
@@ -145,6 +149,7 @@ impl Client {
             Err(e) => {
                 return Outcome::Retry {
                     why: format!("cannot reach Loki at {}: {e}", self.url),
+                    status: None,
                     retry_after: None,
                 }
             }
@@ -153,9 +158,10 @@ impl Client {
         let (retry_after, answer) = crate::http::error_answer(&mut resp);
         let answer = answer.trim().to_string();
         match classify(status) {
-            Class::Accepted => Outcome::Accepted,
+            Class::Accepted => Outcome::Accepted { status },
             Class::Retry => Outcome::Retry {
                 why: format!("Loki answered {status}: {}", shorten(&answer, 300)),
+                status: Some(status),
                 retry_after,
             },
             Class::Reject => Outcome::Reject {

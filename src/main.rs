@@ -87,11 +87,24 @@ fn main() -> ExitCode {
     };
     // LOG_LEVEL is the level of kube-event's own messages; libraries only say warnings and
     // errors (their debug output is wire detail). RUST_LOG, when set, replaces both.
+    let target = match &config.log_file {
+        None => env_logger::Target::Stderr,
+        Some(path) => match kube_event::logfile::RotatingFile::open(path, config.log_keep_days) {
+            Ok(f) => env_logger::Target::Pipe(Box::new(f)),
+            Err(e) => {
+                eprintln!(
+                    "kube-event: LOG_FILE {}: cannot write it: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
     env_logger::Builder::new()
         .parse_filters(&format!("warn,kube_event={}", config.log_level))
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
-        .target(env_logger::Target::Stderr)
+        .target(target)
         .init();
     log::info!(
         "kube-event {} starting; config {}",

@@ -290,8 +290,15 @@ impl Pusher {
         let mut fixes = 0;
         loop {
             let started = Instant::now();
-            match self.client.push(&body) {
-                Outcome::Accepted => {
+            let outcome = self.client.push(&body);
+            let took = started.elapsed();
+            match &outcome {
+                Outcome::Accepted { status } => self.stats.push_attempt(0, Some(*status), took),
+                Outcome::Retry { status, .. } => self.stats.push_attempt(1, *status, took),
+                Outcome::Reject { status, .. } => self.stats.push_attempt(2, Some(*status), took),
+            }
+            match outcome {
+                Outcome::Accepted { .. } => {
                     Stats::add(&self.stats.pushed, entries as u64);
                     if self.failures > 0 {
                         info!(
@@ -302,9 +309,8 @@ impl Pusher {
                     self.failures = 0;
                     self.backoff.reset();
                     debug!(
-                        "pushed batch {seq}: {entries} entries, {} bytes in {:?}",
-                        body.len(),
-                        started.elapsed()
+                        "pushed batch {seq}: {entries} entries, {} bytes in {took:?}",
+                        body.len()
                     );
                     self.done(seq);
                     return true;
@@ -338,7 +344,9 @@ impl Pusher {
                     self.done(seq);
                     return true;
                 }
-                Outcome::Retry { why, retry_after } => {
+                Outcome::Retry {
+                    why, retry_after, ..
+                } => {
                     self.failures += 1;
                     let delay = self.backoff.failure(retry_after);
                     warn!(

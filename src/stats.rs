@@ -1,10 +1,53 @@
-//! Counters of what happened to the events, shared by the threads. Issue-4 metrics will
-//! expose them; for now they feed the log lines at startup, relist and shutdown.
+//! Counters of what happened to the events, shared by the threads: `metrics.rs` serves them,
+//! the shutdown line sums them up, and /healthz and /readyz are decided from them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Indexes of `Stats::frames`.
+pub const FRAME_ADDED: usize = 0;
+pub const FRAME_MODIFIED: usize = 1;
+pub const FRAME_DELETED: usize = 2;
+pub const FRAME_BOOKMARK: usize = 3;
+pub const FRAME_ERROR: usize = 4;
+/// Items of a list page (not a watch frame, but received all the same).
+pub const FRAME_LIST: usize = 5;
+pub const FRAME_NAMES: [&str; 6] = ["added", "modified", "deleted", "bookmark", "error", "list"];
+
+/// Indexes of `Stats::push_attempts`: outcome, then status class.
+pub const OUTCOME_NAMES: [&str; 3] = ["accepted", "retry", "rejected"];
+pub const CLASS_NAMES: [&str; 4] = ["2xx", "4xx", "5xx", "error"];
+
+/// Upper bounds of the push latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Default)]
 pub struct Stats {
+    /// Objects received, by frame type (`FRAME_*`).
+    pub frames: [AtomicU64; 6],
+    /// Push attempts by outcome (`OUTCOME_NAMES`) and status class (`CLASS_NAMES`).
+    pub push_attempts: [[AtomicU64; 4]; 3],
+    /// Push latency: one counter per bucket of `LATENCY_BUCKETS` (not cumulative), the
+    /// overflow, and the sum in microseconds.
+    pub push_latency: [AtomicU64; 13],
+    pub push_latency_sum_us: AtomicU64,
+    /// Watches that ended or failed and were started again.
+    pub watch_restarts: AtomicU64,
+    /// Lists after the first one.
+    pub relists: AtomicU64,
+    /// Watches or lists the API server said were too old (410).
+    pub watch_expired: AtomicU64,
+    /// Unix ms of the last push Loki accepted (0: none yet).
+    pub last_push_ok_ms: AtomicU64,
+    /// Whether the last push attempt failed (retry or rejection).
+    pub last_push_failed: AtomicBool,
+    /// Unix ms of the last sign of a working watch: a frame, a watch opened, a list page.
+    pub last_watch_progress_ms: AtomicU64,
+    /// Unix ms of the last watch frame (0: none yet).
+    pub last_frame_ms: AtomicU64,
+    /// The first list has completed.
+    pub listed: AtomicBool,
     /// Event objects received (list items and watch frames of type ADDED or MODIFIED).
     pub received: AtomicU64,
     /// Occurrences handed to the output (queued for Loki, or printed).
@@ -48,4 +91,45 @@ impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Records a push attempt: its outcome index, HTTP status (`None`: no answer) and time.
+    pub fn push_attempt(&self, outcome: usize, status: Option<u16>, took: std::time::Duration) {
+        let class = match status {
+            Some(200..=299) => 0,
+            Some(400..=499) => 1,
+            Some(500..=599) => 2,
+            _ => 3,
+        };
+        Self::add(&self.push_attempts[outcome][class], 1);
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        Self::add(&self.push_latency[bucket], 1);
+        Self::add(&self.push_latency_sum_us, took.as_micros() as u64);
+        self.last_push_failed.store(outcome != 0, Ordering::Relaxed);
+        if outcome == 0 {
+            Self::set(&self.last_push_ok_ms, now_ms());
+        }
+    }
+
+    /// The watch showed it works (a frame, a new watch, a list page).
+    pub fn watch_progress(&self) {
+        Self::set(&self.last_watch_progress_ms, now_ms());
+    }
+
+    pub fn frame(&self, kind: usize) {
+        Self::add(&self.frames[kind], 1);
+        let now = now_ms();
+        Self::set(&self.last_frame_ms, now);
+        Self::set(&self.last_watch_progress_ms, now);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -22,6 +22,9 @@ use crate::event::{Bookmark, Frame, List, Meta, Status};
 use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
 use crate::ship::{head, OutputClosed, Shipper};
 use crate::shutdown::Shutdown;
+use crate::stats::{
+    Stats, FRAME_ADDED, FRAME_BOOKMARK, FRAME_DELETED, FRAME_ERROR, FRAME_LIST, FRAME_MODIFIED,
+};
 
 /// Where the watcher is. Each variant says how it is left.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +53,10 @@ pub struct Watcher {
     backoff: Backoff,
     line: Vec<u8>,
     listed: usize,
+    /// Complete lists so far (the ones after the first are relists).
+    lists: u64,
     on_listed: OnListed,
-    stats: Arc<crate::stats::Stats>,
+    stats: Arc<Stats>,
 }
 
 /// A watch that ends within this time without a single frame counts as a failure, so that a
@@ -64,7 +69,7 @@ impl Watcher {
         client: Client,
         shipper: Shipper,
         shutdown: Shutdown,
-        stats: Arc<crate::stats::Stats>,
+        stats: Arc<Stats>,
         on_listed: OnListed,
     ) -> Self {
         Watcher {
@@ -75,6 +80,7 @@ impl Watcher {
             backoff: Backoff::apiserver(),
             line: Vec::with_capacity(64 * 1024),
             listed: 0,
+            lists: 0,
             on_listed,
             stats,
         }
@@ -140,6 +146,8 @@ impl Watcher {
                 return Ok(State::Empty);
             }
         };
+        self.stats.watch_progress();
+        Stats::add(&self.stats.frames[FRAME_LIST], list.items.len() as u64);
         let mut item_rv = String::new();
         for item in &list.items {
             self.shipper.offer(item, &mut item_rv)?;
@@ -157,6 +165,10 @@ impl Watcher {
                     "listed {} events at resourceVersion {rv}; watching",
                     self.listed
                 );
+                if self.lists > 0 {
+                    Stats::add(&self.stats.relists, 1);
+                }
+                self.lists += 1;
                 (self.on_listed)(self.listed);
                 self.shipper.advance(&rv);
                 if rv.is_empty() {
@@ -180,10 +192,12 @@ impl Watcher {
                 return Ok(State::Empty);
             }
             Err(e) => {
+                Stats::add(&self.stats.watch_restarts, 1);
                 self.failed("watch events", &e);
                 return Ok(State::Watching { rv });
             }
         };
+        self.stats.watch_progress();
         let mut frames = 0u64;
         loop {
             if self.shutdown.is_set() {
@@ -193,6 +207,7 @@ impl Watcher {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
+                    Stats::add(&self.stats.watch_restarts, 1);
                     warn!("watch stream broke after {frames} frames: {e}; watching again from resourceVersion {rv}");
                     self.pause(None);
                     return Ok(State::Watching { rv });
@@ -206,7 +221,7 @@ impl Watcher {
             let frame: Frame = match serde_json::from_slice(line) {
                 Ok(f) => f,
                 Err(e) => {
-                    crate::stats::Stats::add(&self.stats.malformed, 1);
+                    Stats::add(&self.stats.malformed, 1);
                     warn!(
                         "skipping a watch frame that does not parse ({e}): {}",
                         head(&String::from_utf8_lossy(line))
@@ -216,9 +231,15 @@ impl Watcher {
             };
             match &*frame.kind {
                 "ADDED" | "MODIFIED" => {
+                    self.stats.frame(if &*frame.kind == "ADDED" {
+                        FRAME_ADDED
+                    } else {
+                        FRAME_MODIFIED
+                    });
                     self.shipper.offer(frame.object, &mut rv)?;
                 }
                 "DELETED" => {
+                    self.stats.frame(FRAME_DELETED);
                     if let Ok(b) = serde_json::from_str::<Bookmark>(frame.object.get()) {
                         if let Some(uid) = b.metadata.uid.as_deref() {
                             self.shipper.forget(uid);
@@ -229,15 +250,18 @@ impl Watcher {
                     }
                 }
                 "BOOKMARK" => {
+                    self.stats.frame(FRAME_BOOKMARK);
                     if let Some(v) = object_rv(frame.object.get()) {
                         debug!("bookmark at resourceVersion {v}");
                         rv = v;
                     }
                 }
                 "ERROR" => {
+                    self.stats.frame(FRAME_ERROR);
                     let status: Status =
                         serde_json::from_str(frame.object.get()).unwrap_or_default();
                     if status.code == 410 || status.reason == "Expired" || status.reason == "Gone" {
+                        Stats::add(&self.stats.watch_expired, 1);
                         info!(
                             "watch from resourceVersion {rv} expired ({}); listing again",
                             status.message
@@ -257,6 +281,7 @@ impl Watcher {
             }
             self.shipper.advance(&rv);
         }
+        Stats::add(&self.stats.watch_restarts, 1);
         if frames == 0 && started.elapsed() < SHORT_WATCH {
             warn!("the watch ended at once without a frame; waiting before watching again");
             self.pause(None);
