@@ -459,7 +459,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         health_stall: Duration::from_secs(number(
             "HEALTH_STALL_SECONDS",
             600,
-            30,
+            5,
             86_400,
             "a whole number of seconds",
         )?),

@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod base64;
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -126,6 +126,23 @@ impl Client {
         &self.url
     }
 
+    /// For `--check`: pushes an empty request, which Loki answers (204, or 422 "at least one
+    /// valid stream is required") without storing anything, but only after the tenant and
+    /// credentials passed. `Err` carries the answer and its status (`None`: no answer).
+    pub fn probe(&mut self) -> Result<String, (String, Option<u16>)> {
+        match self.push(br#"{"streams":[]}"#) {
+            Outcome::Accepted { status } => Ok(format!("accepted an empty push ({status})")),
+            Outcome::Reject { status: 422, .. } => {
+                Ok("reachable and accepts the credentials (422 for an empty push)".into())
+            }
+            Outcome::Reject { status, body } => Err((
+                format!("answered {status}: {}", shorten(&body, 300)),
+                Some(status),
+            )),
+            Outcome::Retry { why, status, .. } => Err((why, status)),
+        }
+    }
+
     /// One push attempt.
     pub fn push(&mut self, body: &[u8]) -> Outcome {
         let mut req = self

@@ -8,13 +8,15 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 kube-event: ships every occurrence of every Kubernetes Event to Grafana Loki
 
-Usage: kube-event [--config PATH] [--stdout] [--version] [--help]
+Usage: kube-event [--config PATH] [--stdout] [--check] [--version] [--help]
 
 Options:
   --config PATH  the configuration file (else $KUBE_EVENT_CONFIG, else ./kube-event.conf,
                  else /etc/kube-event/kube-event.conf)
   --stdout       print each line that would be pushed, one per line, and push nothing
                  (LOKI_URL is not needed)
+  --check        check the configuration, the API server, Loki and DATA_DIR, print one
+                 line per check (OK or FAIL with the fix), exit 0 only if all pass
   --version      print the version and exit
   --help         print this help and exit
 
@@ -24,12 +26,14 @@ See README.md for the configuration keys.";
 struct Args {
     config: Option<PathBuf>,
     stdout: bool,
+    check: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         config: None,
         stdout: false,
+        check: false,
     };
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 return Ok(None);
             }
             "--stdout" => args.stdout = true,
+            "--check" => args.check = true,
             "--config" | "-c" => {
                 let p = it.next().ok_or("--config needs a path")?;
                 args.config = Some(PathBuf::from(p));
@@ -81,10 +86,29 @@ fn main() -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(e) => {
+            if args.check {
+                println!("FAIL  config: {e}\n      fix: correct the value named above");
+            }
             eprintln!("kube-event: {e}");
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        // Warnings (unknown keys, ...) go to stderr; the report to stdout.
+        env_logger::Builder::new()
+            .parse_filters("warn")
+            .target(env_logger::Target::Stderr)
+            .init();
+        for w in &config.warnings {
+            log::warn!("{w}");
+        }
+        let all_ok = kube_event::check::run(&config, &mut std::io::stdout());
+        return if all_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     // LOG_LEVEL is the level of kube-event's own messages; libraries only say warnings and
     // errors (their debug output is wire detail). RUST_LOG, when set, replaces both.
     let target = match &config.log_file {

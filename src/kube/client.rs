@@ -135,6 +135,26 @@ impl Client {
             .map_err(|e| Error::Transport(format!("reading the list from {url}: {e}")))
     }
 
+    /// For `--check`: one list item at most. Returns how many came and the resourceVersion.
+    pub fn list_first(&self, path: &str) -> Result<(usize, String), Error> {
+        let url = format!("{}{path}?limit=1", self.server);
+        let mut resp = self.get(&self.list_agent, &url)?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_vec()
+            .map_err(|e| Error::Transport(format!("reading the list: {e}")))?;
+        let list: crate::event::List = serde_json::from_slice(&body)
+            .map_err(|e| Error::Transport(format!("the list does not parse: {e}")))?;
+        let rv = list
+            .metadata
+            .resource_version
+            .unwrap_or_default()
+            .into_owned();
+        Ok((list.items.len(), rv))
+    }
+
     /// `GET path?watch=1&resourceVersion=rv&allowWatchBookmarks=true&timeoutSeconds=…`.
     pub fn watch(&self, path: &str, rv: &str, timeout_secs: u64) -> Result<WatchStream, Error> {
         let mut url = format!(

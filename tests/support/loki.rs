@@ -348,6 +348,17 @@ fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) 
         Ok(p) => p,
         Err(msg) => return bad(&msg),
     };
+    // Loki's answer to a push without streams (protocols.md 5.3).
+    if parsed.is_empty() {
+        return (
+            Response::go_error(
+                422,
+                "error at least one valid stream is required for ingestion",
+            ),
+            None,
+            Vec::new(),
+        );
+    }
     let tenant = req.header("x-scope-orgid").unwrap_or("fake").to_string();
     let now = now_nanos();
     let mut stored = Vec::new();
