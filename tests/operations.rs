@@ -14,7 +14,6 @@ const T: Duration = Duration::from_secs(20);
 const TOKEN: &str = "ops-token";
 
 struct Rig {
-    pki: TestPki,
     api: FakeApiServer,
     loki: FakeLoki,
     dir: TempDir,
