@@ -27,12 +27,7 @@ impl Rig {
         let dir = TempDir::new();
         let yaml = kubeconfig_yaml(&api.url(), CaRef::Data(&pki.ca_pem), UserAuth::Token(TOKEN));
         dir.write("kubeconfig.yaml", &yaml);
-        Rig {
-            pki,
-            api,
-            loki,
-            dir,
-        }
+        Rig { api, loki, dir }
     }
 
     fn conf(&self, extra: &[(&str, &str)]) -> PathBuf {
