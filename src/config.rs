@@ -184,18 +184,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             key: String::new(),
             message: format!("cannot read config file: {e}"),
         })?;
-        let base = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        let base = base_dir(path);
         let name = path.display().to_string();
         let entries = if text.trim_start().starts_with('{') {
             parse_json(&text, &name)?
@@ -246,10 +235,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         location: file
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "defaults".into()),
-        base: file
-            .and_then(|p| p.parent())
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
-            .unwrap_or_else(|| cwd.clone()),
+        base: file.map(base_dir).unwrap_or_else(|| cwd.clone()),
     };
 
     let string = |key: &str| get(key).map(|v| v.text.clone()).filter(|s| !s.is_empty());
@@ -465,6 +451,15 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         )?),
         warnings,
     })
+}
+
+/// The folder relative paths in `file` resolve against, absolute when it can be.
+fn base_dir(file: &Path) -> PathBuf {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// `KEY=VALUE` lines -> (key, line number, value).
