@@ -25,9 +25,7 @@ pub struct Batch {
 }
 
 struct Stream {
-    namespace: String,
-    kind: String,
-    type_: String,
+    values: Vec<String>,
     entries: Vec<Entry>,
 }
 
@@ -36,6 +34,18 @@ struct Entry {
     nanos: i64,
     start: usize,
     end: usize,
+    /// Structured metadata (an encoded JSON object) in the arena, `meta_start..end`; empty
+    /// when `meta_start == end`.
+    meta_start: usize,
+}
+
+/// How streams are labelled: `job`, the static `LABELS`, then the `LABEL_KEYS` names in the
+/// order of `Labels::values`.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    pub job: String,
+    pub static_labels: Vec<(String, String)>,
+    pub keys: Vec<String>,
 }
 
 /// A batch encoded for Loki, ready to push (and, later, to spool).
@@ -72,45 +82,52 @@ impl Batch {
         self.n_records += 1;
     }
 
-    /// Adds one line to the stream of `labels`.
-    pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: &str) {
+    /// Adds one line (and its structured metadata, an encoded JSON object) to the stream of
+    /// `labels`.
+    pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: &str, metadata: Option<&str>) {
         let h = labels_hash(&labels);
         let slot = self.index.entry(h).or_default();
         let existing = slot.iter().copied().find(|&i| {
             let s = &self.streams[i];
-            s.namespace == labels.namespace && s.kind == labels.kind && s.type_ == labels.type_
+            s.values
+                .iter()
+                .map(String::as_str)
+                .eq(labels.values().iter().copied())
         });
         let idx = match existing {
             Some(i) => i,
             None => {
                 self.streams.push(Stream {
-                    namespace: labels.namespace.to_owned(),
-                    kind: labels.kind.to_owned(),
-                    type_: labels.type_.to_owned(),
+                    values: labels.values().iter().map(|v| v.to_string()).collect(),
                     entries: Vec::new(),
                 });
                 slot.push(self.streams.len() - 1);
-                // {"stream":{...},"values":[]}, plus the labels
+                // {"stream":{...},"values":[]}, job, the static labels and these
                 self.encoded_estimate +=
-                    40 + labels.namespace.len() + labels.kind.len() + labels.type_.len() + 64;
+                    128 + labels.values().iter().map(|v| v.len() + 16).sum::<usize>();
                 self.streams.len() - 1
             }
         };
         let start = self.arena.len();
         self.arena.push_str(line);
+        let meta_start = self.arena.len();
+        if let Some(m) = metadata {
+            self.arena.push_str(m);
+            self.encoded_estimate += m.len() + 1;
+        }
         self.streams[idx].entries.push(Entry {
             nanos,
             start,
             end: self.arena.len(),
+            meta_start,
         });
         self.entries += 1;
         // ["<19 digits>","<line>"],
         self.encoded_estimate += 28 + crate::event::escaped_len(line);
     }
 
-    /// Encodes the batch as a Loki push body and empties it. `static_labels` are the
-    /// `LABELS` pairs, already validated, written before the per-event labels.
-    pub fn seal(&mut self, static_labels: &[(String, String)]) -> Sealed {
+    /// Encodes the batch as a Loki push body and empties it.
+    pub fn seal(&mut self, schema: &Schema) -> Sealed {
         let mut out = String::with_capacity(self.encoded_estimate + 16);
         let mut oldest = i64::MAX;
         let mut newest = i64::MIN;
@@ -119,13 +136,14 @@ impl Batch {
             if si > 0 {
                 out.push(',');
             }
-            out.push_str("{\"stream\":{\"job\":\"kube-event\"");
-            for (k, v) in static_labels {
+            out.push_str("{\"stream\":{\"job\":");
+            write_json_str(&schema.job, &mut out);
+            for (k, v) in &schema.static_labels {
                 label(&mut out, k, v);
             }
-            label(&mut out, "namespace", &stream.namespace);
-            label(&mut out, "kind", &stream.kind);
-            label(&mut out, "type", &stream.type_);
+            for (k, v) in schema.keys.iter().zip(&stream.values) {
+                label(&mut out, k, v);
+            }
             out.push_str("},\"values\":[");
             // Stable: occurrences with the same time keep the order they arrived in.
             stream.entries.sort_by_key(|e| e.nanos);
@@ -138,7 +156,11 @@ impl Batch {
                 out.push_str("[\"");
                 out.push_str(itoa(e.nanos).as_str());
                 out.push_str("\",");
-                write_json_str(&self.arena[e.start..e.end], &mut out);
+                write_json_str(&self.arena[e.start..e.meta_start], &mut out);
+                if e.meta_start < e.end {
+                    out.push(',');
+                    out.push_str(&self.arena[e.meta_start..e.end]);
+                }
                 out.push(']');
             }
             out.push_str("]}");
@@ -190,11 +212,9 @@ pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn labels_hash(l: &Labels<'_>) -> u64 {
-    let h = fnv1a(l.namespace.as_bytes(), FNV_OFFSET);
-    let h = fnv1a(&[0], h);
-    let h = fnv1a(l.kind.as_bytes(), h);
-    let h = fnv1a(&[0], h);
-    fnv1a(l.type_.as_bytes(), h)
+    l.values()
+        .iter()
+        .fold(FNV_OFFSET, |h, v| fnv1a(&[0], fnv1a(v.as_bytes(), h)))
 }
 
 #[cfg(test)]
@@ -203,23 +223,30 @@ mod tests {
 
     fn labels<'a>(ns: &'a str, kind: &'a str, t: &'a str) -> Labels<'a> {
         Labels {
-            namespace: ns,
-            kind,
-            type_: t,
+            values: [ns, kind, t, "", "", ""],
+            len: 3,
+        }
+    }
+
+    fn schema(statics: Vec<(String, String)>) -> Schema {
+        Schema {
+            job: "kube-event".into(),
+            static_labels: statics,
+            keys: vec!["namespace".into(), "kind".into(), "type".into()],
         }
     }
 
     #[test]
     fn groups_by_stream_and_orders_by_time() {
         let mut b = Batch::default();
-        b.push(labels("a", "Pod", "Warning"), 30, "third");
-        b.push(labels("b", "Node", "Normal"), 5, "other");
-        b.push(labels("a", "Pod", "Warning"), 10, "first");
-        b.push(labels("a", "Pod", "Warning"), 10, "first-too");
-        b.push(labels("", "Node", "Normal"), 7, "quote\"d");
+        b.push(labels("a", "Pod", "Warning"), 30, "third", None);
+        b.push(labels("b", "Node", "Normal"), 5, "other", None);
+        b.push(labels("a", "Pod", "Warning"), 10, "first", None);
+        b.push(labels("a", "Pod", "Warning"), 10, "first-too", None);
+        b.push(labels("", "Node", "Normal"), 7, "quote\"d", None);
         assert_eq!(b.len(), 5);
         let statics = vec![("cluster".to_string(), "prod".to_string())];
-        let sealed = b.seal(&statics);
+        let sealed = b.seal(&schema(statics));
         let body = String::from_utf8(sealed.body).unwrap();
         assert_eq!(
             body,
@@ -238,6 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn structured_metadata_is_the_third_element_and_label_keys_are_chosen() {
+        let mut b = Batch::default();
+        let l = Labels {
+            values: ["BackOff", "", "", "", "", ""],
+            len: 1,
+        };
+        b.push(l, 1, "line", Some(r#"{"event_uid":"u"}"#));
+        b.push(l, 2, "plain", None);
+        let s = Schema {
+            job: "events".into(),
+            static_labels: vec![],
+            keys: vec!["reason".into()],
+        };
+        let body = String::from_utf8(b.seal(&s).body).unwrap();
+        assert_eq!(
+            body,
+            r#"{"streams":[{"stream":{"job":"events","reason":"BackOff"},"values":[["1","line",{"event_uid":"u"}],["2","plain"]]}]}"#
+        );
+    }
+
+    #[test]
     fn estimate_is_close_to_the_real_size() {
         let mut b = Batch::default();
         let line =
@@ -247,10 +295,11 @@ mod tests {
                 labels("ns", "Pod", "Warning"),
                 1_795_635_633_000_000_000 + i,
                 line,
+                None,
             );
         }
         let est = b.encoded_size();
-        let real = b.seal(&[]).body.len();
+        let real = b.seal(&schema(vec![])).body.len();
         assert!(
             est >= real && est < real + real / 4,
             "estimate {est}, real {real}"

@@ -101,7 +101,7 @@ fn check_cluster(config: &Config, r: &mut Report<'_>) {
             return;
         }
     };
-    match client.watch("/api/v1/events", &rv, 1) {
+    match client.watch("/api/v1/events", None, &rv, 1) {
         Ok(_) => r.ok("watch events", "a watch opened"),
         Err(e) => r.fail("watch events", &e.to_string(), &kube_fix(&e)),
     }
@@ -141,6 +141,7 @@ fn check_loki(config: &Config, r: &mut Report<'_>) {
             return;
         }
     };
+    client.set_gzip(config.gzip);
     let url = client.url().to_string();
     match client.probe() {
         Ok(detail) => r.ok("Loki", &format!("{url}: {detail}")),

@@ -40,10 +40,28 @@ pub const KEYS: &[&str] = &[
     "LOG_KEEP_DAYS",
     "METRICS_ADDR",
     "HEALTH_STALL_SECONDS",
+    "NAMESPACES",
+    "EXCLUDE_NAMESPACES",
+    "TYPES",
+    "REASONS",
+    "EXCLUDE_REASONS",
+    "KINDS",
+    "EXCLUDE_KINDS",
+    "COMPONENTS",
+    "EXCLUDE_COMPONENTS",
+    "MIN_COUNT",
+    "DEDUPLICATE",
+    "LINE_FORMAT",
+    "LABEL_KEYS",
+    "JOB",
+    "STRUCTURED_METADATA",
+    "LOKI_COMPRESSION",
 ];
 
-/// Labels kube-event sets itself; `LABELS` may not reuse them.
-const OWN_LABELS: &[&str] = &["job", "namespace", "kind", "type"];
+/// The event fields `LABEL_KEYS` may turn into stream labels.
+pub const LABEL_FIELDS: &[&str] = &["namespace", "kind", "type", "reason", "component", "host"];
+/// Fields with many values: fine as labels only in small clusters.
+const HIGH_CARDINALITY: &[&str] = &["reason", "host"];
 /// Loki's default `max_label_names_per_series`.
 const MAX_LABELS: usize = 15;
 
@@ -75,8 +93,38 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// `HEALTH_STALL_SECONDS`: /healthz fails when the watch made no progress for this long.
     pub health_stall: Duration,
+    /// What is shipped: the filter keys.
+    pub filters: Filters,
+    /// `LINE_FORMAT`: json, logfmt or raw.
+    pub line_format: String,
+    /// `LABEL_KEYS`: event fields that become stream labels, in order (from `LABEL_FIELDS`).
+    pub label_keys: Vec<String>,
+    /// `JOB`: the `job` label.
+    pub job: String,
+    /// `STRUCTURED_METADATA`: send event_uid, object_uid and name as structured metadata.
+    pub structured_metadata: bool,
+    /// `LOKI_COMPRESSION`: gzip the push bodies.
+    pub gzip: bool,
     /// Problems worth a warning (unknown keys, repeated keys), logged once logging is set up.
     pub warnings: Vec<String>,
+}
+
+/// The filter keys, as given (comma-separated lists; `*` and `?` globs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub namespaces: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
+    pub types: Vec<String>,
+    pub reasons: Vec<String>,
+    pub exclude_reasons: Vec<String>,
+    pub kinds: Vec<String>,
+    pub exclude_kinds: Vec<String>,
+    pub components: Vec<String>,
+    pub exclude_components: Vec<String>,
+    /// Ship an event only from this repeat on (1: every occurrence).
+    pub min_count: i64,
+    /// `DEDUPLICATE=1`: ship each event once, on its first occurrence.
+    pub deduplicate: bool,
 }
 
 #[derive(Clone, Default)]
@@ -370,9 +418,96 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         }
     }
 
+    let label_keys: Vec<String> = match get("LABEL_KEYS") {
+        None => vec!["namespace".into(), "kind".into(), "type".into()],
+        Some(v) => {
+            let keys = list(&v.text);
+            for k in &keys {
+                if !LABEL_FIELDS.contains(&k.as_str()) {
+                    return Err(err(
+                        "LABEL_KEYS",
+                        format!(
+                            "unknown field {k:?}; choose from {}",
+                            LABEL_FIELDS.join(", ")
+                        ),
+                    ));
+                }
+                if keys.iter().filter(|x| *x == k).count() > 1 {
+                    return Err(err("LABEL_KEYS", format!("{k:?} is given twice")));
+                }
+                if HIGH_CARDINALITY.contains(&k.as_str()) {
+                    warnings.push(format!(
+                        "{}: LABEL_KEYS: {k:?} has many values: every value is a Loki stream; \
+                         prefer filtering on it in the line (| json)",
+                        v.origin.location
+                    ));
+                }
+            }
+            keys
+        }
+    };
+    let job = string("JOB").unwrap_or_else(|| "kube-event".into());
     let labels = match get("LABELS") {
         None => Vec::new(),
-        Some(v) => parse_labels(&v.text).map_err(|m| err("LABELS", m))?,
+        Some(v) => parse_labels(&v.text, &label_keys).map_err(|m| err("LABELS", m))?,
+    };
+    let line_format = string("LINE_FORMAT")
+        .unwrap_or_else(|| "json".into())
+        .to_ascii_lowercase();
+    if !["json", "logfmt", "raw"].contains(&line_format.as_str()) {
+        return Err(err(
+            "LINE_FORMAT",
+            format!(
+                "expected json, logfmt or raw, got {:?}",
+                get("LINE_FORMAT").unwrap().text
+            ),
+        ));
+    }
+    let gzip = match string("LOKI_COMPRESSION")
+        .map(|c| c.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("gzip") => true,
+        Some("none") => false,
+        Some(_) => {
+            return Err(err(
+                "LOKI_COMPRESSION",
+                format!(
+                    "expected gzip or none, got {:?}",
+                    get("LOKI_COMPRESSION").unwrap().text
+                ),
+            ))
+        }
+    };
+    let lst = |key: &str| get(key).map(|v| list(&v.text)).unwrap_or_default();
+    let filters = Filters {
+        namespaces: lst("NAMESPACES"),
+        exclude_namespaces: lst("EXCLUDE_NAMESPACES"),
+        types: lst("TYPES"),
+        reasons: lst("REASONS"),
+        exclude_reasons: lst("EXCLUDE_REASONS"),
+        kinds: lst("KINDS"),
+        exclude_kinds: lst("EXCLUDE_KINDS"),
+        components: lst("COMPONENTS"),
+        exclude_components: lst("EXCLUDE_COMPONENTS"),
+        min_count: number("MIN_COUNT", 1, 1, 1 << 40, "a whole number")? as i64,
+        deduplicate: match string("DEDUPLICATE").as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => {
+                // The original tool's values are 0 and 1; accept booleans too.
+                match other.to_ascii_lowercase().as_str() {
+                    "false" | "no" | "off" => false,
+                    "true" | "yes" | "on" => true,
+                    _ => {
+                        return Err(err(
+                            "DEDUPLICATE",
+                            format!("expected 0 (every occurrence) or 1 (first occurrence only), got {other:?}"),
+                        ))
+                    }
+                }
+            }
+        },
     };
     let log_level = string("LOG_LEVEL")
         .unwrap_or_else(|| "info".into())
@@ -442,6 +577,12 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
                 )
             })?),
         },
+        filters,
+        line_format,
+        label_keys,
+        job,
+        structured_metadata: boolean("STRUCTURED_METADATA")?,
+        gzip,
         health_stall: Duration::from_secs(number(
             "HEALTH_STALL_SECONDS",
             600,
@@ -580,8 +721,18 @@ fn push_url(u: &str) -> Result<String, String> {
     Ok(u.to_string())
 }
 
-/// `cluster=prod,region=eu-1` -> pairs, checked against Loki's label rules.
-fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
+/// A comma-separated list, items trimmed, empty ones left out.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `cluster=prod,region=eu-1` -> pairs, checked against Loki's label rules and the labels
+/// kube-event sets itself (`job` and `label_keys`).
+fn parse_labels(text: &str, label_keys: &[String]) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
@@ -601,7 +752,7 @@ fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
                 "{k:?} is not a valid Loki label name (letters, digits and _, not starting with a digit or __)"
             ));
         }
-        if OWN_LABELS.contains(&k) {
+        if k == "job" || label_keys.iter().any(|l| l == k) {
             return Err(format!(
                 "{k:?} is set by kube-event itself and cannot be a static label"
             ));
@@ -614,11 +765,12 @@ fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
         }
         out.push((k.to_string(), v.to_string()));
     }
-    if out.len() + OWN_LABELS.len() > MAX_LABELS {
+    let own = 1 + label_keys.len();
+    if out.len() + own > MAX_LABELS {
         return Err(format!(
-            "{} static labels plus kube-event's {} exceed Loki's default limit of {MAX_LABELS} labels per stream",
-            out.len(),
-            OWN_LABELS.len()
+            "{} static labels plus kube-event's {own} (job and LABEL_KEYS) exceed Loki's default \
+             limit of {MAX_LABELS} labels per stream",
+            out.len()
         ));
     }
     Ok(out)

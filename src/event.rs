@@ -203,13 +203,62 @@ impl<'a> Event<'a> {
         Err(Unshippable::NoTime)
     }
 
-    /// The stream labels this event belongs to, besides `job` and the static `LABELS`.
-    pub fn labels(&self) -> Labels<'_> {
-        Labels {
-            namespace: s(&self.metadata.namespace),
-            kind: s(&self.involved_object.kind),
-            type_: s(&self.type_),
+    /// The component that reported the event: `source.component`, else `reportingComponent`.
+    pub fn component(&self) -> &str {
+        non_empty(&self.source.component).unwrap_or(s(&self.reporting_component))
+    }
+
+    /// The value of a field that can be a stream label.
+    pub fn field(&self, f: Field) -> &str {
+        match f {
+            Field::Namespace => s(&self.metadata.namespace),
+            Field::Kind => s(&self.involved_object.kind),
+            Field::Type => s(&self.type_),
+            Field::Reason => s(&self.reason),
+            Field::Component => self.component(),
+            Field::Host => match non_empty(&self.source.component) {
+                Some(_) => s(&self.source.host),
+                None => s(&self.reporting_instance),
+            },
         }
+    }
+
+    /// The stream labels of this event for the chosen `fields` (`LABEL_KEYS`), besides `job`
+    /// and the static `LABELS`.
+    pub fn labels(&self, fields: &[Field]) -> Labels<'_> {
+        let mut l = Labels {
+            values: [""; 6],
+            len: fields.len().min(6),
+        };
+        for (i, f) in fields.iter().take(6).enumerate() {
+            l.values[i] = self.field(*f);
+        }
+        l
+    }
+
+    /// `{"event_uid":…,"object_uid":…,"name":…}`: Loki structured metadata (empty ones left
+    /// out), written into `out` (cleared first).
+    pub fn write_metadata(&self, out: &mut String) {
+        out.clear();
+        out.push('{');
+        let mut first = true;
+        for (k, v) in [
+            ("event_uid", s(&self.metadata.uid)),
+            ("object_uid", s(&self.involved_object.uid)),
+            ("name", s(&self.involved_object.name)),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            write_json_str(k, out);
+            out.push(':');
+            write_json_str(v, out);
+        }
+        out.push('}');
     }
 
     /// Writes the Loki line of `occ` into `out` (cleared first): one JSON object, keys in a
@@ -290,12 +339,42 @@ fn put_str(out: &mut String, key: &str, value: &str) {
     }
 }
 
-/// The per-event stream labels: low-cardinality values only (never names or uids).
+/// An event field that `LABEL_KEYS` can make a stream label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Namespace,
+    Kind,
+    Type,
+    Reason,
+    Component,
+    Host,
+}
+
+impl Field {
+    pub fn parse(name: &str) -> Option<Field> {
+        Some(match name {
+            "namespace" => Field::Namespace,
+            "kind" => Field::Kind,
+            "type" => Field::Type,
+            "reason" => Field::Reason,
+            "component" => Field::Component,
+            "host" => Field::Host,
+            _ => return None,
+        })
+    }
+}
+
+/// The per-event stream label values, in the order of `LABEL_KEYS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Labels<'e> {
-    pub namespace: &'e str,
-    pub kind: &'e str,
-    pub type_: &'e str,
+    pub values: [&'e str; 6],
+    pub len: usize,
+}
+
+impl<'e> Labels<'e> {
+    pub fn values(&self) -> &[&'e str] {
+        &self.values[..self.len]
+    }
 }
 
 /// A small stack buffer for an integer, so the hot path does not allocate for `count`.

@@ -17,6 +17,8 @@ pub mod batch;
 pub mod check;
 pub mod config;
 pub mod event;
+pub mod filter;
+pub mod format;
 pub mod http;
 pub mod kube;
 pub mod logfile;
@@ -98,8 +100,18 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         access.user,
         access.credentials.describe()
     );
-    let kube = kube::client::Client::new(access)
-        .map_err(|e| Error::Config(format!("cluster access: {e}")))?;
+    let kube = Arc::new(
+        kube::client::Client::new(access)
+            .map_err(|e| Error::Config(format!("cluster access: {e}")))?,
+    );
+    let fields = config
+        .label_keys
+        .iter()
+        .filter_map(|k| event::Field::parse(k))
+        .collect();
+    let format: format::LineFormat = config.line_format.parse().map_err(Error::Config)?;
+    let filter = filter::Filter::new(config.filters.clone());
+    let scopes = scopes(&kube, &filter);
 
     let stats = Arc::new(Stats::default());
     let shutdown = Shutdown::new();
@@ -129,14 +141,20 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         detailed: config.enable_detailed,
         retention_secs: config.dedup_retention_secs,
         max_line_bytes: config.max_line_bytes,
+        filter,
+        fields,
+        format,
+        structured_metadata: config.structured_metadata,
     };
-    let (shipper, queue, start) = if stdout {
+    let (shipper, queue, rv) = if stdout {
         let shipper = Shipper::new(Output::Stdout, stats.clone(), settings, Default::default());
-        (shipper, None, watcher::State::Empty)
+        (shipper, None, String::new())
     } else {
         let (store, recovered) = spool::Store::open(&config.data_dir, config.dedup_retention_secs)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let client = loki::Client::new(&config.loki).map_err(|e| Error::Config(e.to_string()))?;
+        let mut client =
+            loki::Client::new(&config.loki).map_err(|e| Error::Config(e.to_string()))?;
+        client.set_gzip(config.gzip);
         let rv = recovered.rv.unwrap_or_default();
         let spooled: usize = recovered.batches.iter().map(|b| b.entries).sum();
         if rv.is_empty() && recovered.batches.is_empty() {
@@ -156,10 +174,15 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             config.push_interval.as_secs(),
             config.batch_max_bytes
         );
+        let schema = batch::Schema {
+            job: config.job.clone(),
+            static_labels: config.labels.clone(),
+            keys: config.label_keys.clone(),
+        };
         let queue = Arc::new(queue::Queue::new(
             config.push_interval,
             config.batch_max_bytes,
-            config.labels.clone(),
+            schema,
             rv.clone(),
         ));
         let pusher = pusher::Pusher::new(
@@ -185,13 +208,9 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             settings,
             recovered.shipped,
         );
-        let start = if rv.is_empty() {
-            watcher::State::Empty
-        } else {
-            watcher::State::Watching { rv }
-        };
-        (shipper, Some(queue), start)
+        (shipper, Some(queue), rv)
     };
+    let shipper = Arc::new(std::sync::Mutex::new(shipper));
 
     if let Some(addr) = config.metrics_addr {
         let bound = metrics::serve(addr, stats.clone(), config.health_stall)
@@ -199,23 +218,46 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         info!("serving /metrics, /healthz and /readyz on http://{bound}");
     }
 
-    let mut first_list = true;
-    let listed_stats = stats.clone();
-    let on_listed: watcher::OnListed = Box::new(move |n| {
-        if first_list {
-            first_list = false;
-            listed_stats
-                .listed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            info!("first list done ({n} events); kube-event is up");
-            notify::notify("READY=1");
-        }
-    });
-    let w = watcher::Watcher::new(kube, shipper, shutdown.clone(), stats.clone(), on_listed);
-    {
+    // Ready once every scope has listed once.
+    let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+    let resume = queue::decode_resume(&rv);
+    for scope in scopes {
+        let start = match resume.get(&scope.key) {
+            Some(rv) if !rv.is_empty() => watcher::State::Watching { rv: rv.clone() },
+            _ => watcher::State::Empty,
+        };
+        let mut first_list = true;
+        let (listed_stats, unlisted) = (stats.clone(), unlisted.clone());
+        let on_listed: watcher::OnListed = Box::new(move |n| {
+            if std::mem::take(&mut first_list)
+                && unlisted.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1
+            {
+                listed_stats
+                    .listed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                match n {
+                    Some(n) => info!("first list done ({n} events); kube-event is up"),
+                    None => info!("watch resumed; kube-event is up"),
+                }
+                notify::notify("READY=1");
+            }
+        });
+        let name = if scope.key.is_empty() {
+            "watcher".to_string()
+        } else {
+            format!("watcher-{}", scope.key)
+        };
+        let w = watcher::Watcher::new(
+            kube.clone(),
+            scope,
+            shipper.clone(),
+            shutdown.clone(),
+            stats.clone(),
+            on_listed,
+        );
         let tx = tx.clone();
         std::thread::Builder::new()
-            .name("watcher".into())
+            .name(name)
             .spawn(move || {
                 let r = w
                     .run(start)
@@ -301,6 +343,34 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         warn!("some entries were not pushed before the deadline");
     }
     Ok(())
+}
+
+/// What to watch: the scope the filters allow (the whole cluster, or the one namespace of
+/// `NAMESPACES`), or, when `NAMESPACES` names plain namespaces and listing across the cluster
+/// is forbidden, each of those namespaces on its own (for users with namespace-scoped RBAC).
+fn scopes(kube: &kube::client::Client, filter: &filter::Filter) -> Vec<filter::Scope> {
+    let main = filter.scope();
+    if !main.key.is_empty() {
+        return vec![main];
+    }
+    let Some(namespaces) = filter.namespace_scopes() else {
+        return vec![main];
+    };
+    match kube.list_first(&main.path) {
+        Err(kube::client::Error::Status {
+            code: 403, message, ..
+        }) => {
+            let names: Vec<&str> = namespaces.iter().map(|s| s.key.as_str()).collect();
+            info!(
+                "listing events across the cluster is forbidden ({message}); watching the \
+                 namespaces of NAMESPACES one by one: {}",
+                names.join(", ")
+            );
+            namespaces
+        }
+        // Allowed, or another failure the watcher will report and retry.
+        _ => vec![main],
+    }
 }
 
 fn signal_name(sig: i32) -> &'static str {

@@ -288,9 +288,10 @@ impl Pusher {
         };
         let entries = head.entries;
         let mut fixes = 0;
+        let mut wire = self.client.encode(&body);
         loop {
             let started = Instant::now();
-            let outcome = self.client.push(&body);
+            let outcome = self.client.push(&wire);
             let took = started.elapsed();
             match &outcome {
                 Outcome::Accepted { status } => self.stats.push_attempt(0, Some(*status), took),
@@ -332,10 +333,18 @@ impl Pusher {
                                 loki::shorten(&answer, 300)
                             );
                             body = fixed;
+                            wire = self.client.encode(&body);
                             continue;
                         }
                     }
                     Stats::add(&self.stats.rejected, entries as u64);
+                    if answer.contains("structured metadata") {
+                        error!(
+                            "Loki refuses structured metadata (it needs Loki 3 with schema v13 and \
+                             allow_structured_metadata): set STRUCTURED_METADATA=false in \
+                             kube-event.conf"
+                        );
+                    }
                     let kept = self.store.keep_rejected(seq, &body, status, &answer);
                     error!(
                         "Loki rejected batch {seq} ({entries} entries) with {status}: {}; {kept}",

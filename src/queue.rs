@@ -7,11 +7,11 @@
 //! Each sealed batch carries the resourceVersion that was covered when it was sealed: once
 //! the batch is safe (spooled or pushed), a restart may resume from there.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Sealed};
+use crate::batch::{Batch, Schema, Sealed};
 use crate::event::Labels;
 
 pub struct Queue {
@@ -19,7 +19,7 @@ pub struct Queue {
     cv: Condvar,
     interval: Duration,
     max_bytes: usize,
-    static_labels: Vec<(String, String)>,
+    schema: Schema,
 }
 
 struct State {
@@ -27,10 +27,35 @@ struct State {
     /// When the first entry of `open` arrived.
     opened_at: Option<Instant>,
     sealed: VecDeque<(Sealed, String)>,
-    /// Every frame up to this resourceVersion is in `open` or `sealed` (or needed nothing).
+    /// Per scope (`""`: the whole cluster, else a namespace): every frame up to this
+    /// resourceVersion is in `open` or `sealed` (or needed nothing).
+    rvs: BTreeMap<String, String>,
+    /// `rvs` encoded as the journal keeps it (`encode_resume`).
     rv: String,
     /// Set at shutdown: seal everything now; the pusher gives up at this instant.
     closing: Option<Instant>,
+}
+
+/// The resume points of several scopes as one string for the journal: a plain
+/// resourceVersion for the cluster-wide scope alone (what every version of the journal holds),
+/// else a JSON object `{"namespace": "rv", …}`.
+pub fn encode_resume(rvs: &BTreeMap<String, String>) -> String {
+    match rvs.len() {
+        0 => String::new(),
+        1 if rvs.contains_key("") => rvs[""].clone(),
+        _ => serde_json::to_string(rvs).unwrap_or_default(),
+    }
+}
+
+/// The inverse of `encode_resume`.
+pub fn decode_resume(rv: &str) -> BTreeMap<String, String> {
+    if rv.starts_with('{') {
+        serde_json::from_str(rv).unwrap_or_default()
+    } else if rv.is_empty() {
+        BTreeMap::new()
+    } else {
+        BTreeMap::from([(String::new(), rv.to_string())])
+    }
 }
 
 /// What the pusher takes from the queue.
@@ -47,24 +72,20 @@ pub struct Taken {
 }
 
 impl Queue {
-    pub fn new(
-        interval: Duration,
-        max_bytes: usize,
-        static_labels: Vec<(String, String)>,
-        rv: String,
-    ) -> Self {
+    pub fn new(interval: Duration, max_bytes: usize, schema: Schema, rv: String) -> Self {
         Queue {
             state: Mutex::new(State {
                 open: Batch::default(),
                 opened_at: None,
                 sealed: VecDeque::new(),
+                rvs: decode_resume(&rv),
                 rv,
                 closing: None,
             }),
             cv: Condvar::new(),
             interval,
             max_bytes,
-            static_labels,
+            schema,
         }
     }
 
@@ -72,18 +93,19 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds one occurrence (its line, and its journal record). Seals the open batch first if
-    /// this line would take it past `BATCH_MAX_BYTES`.
+    /// Adds one occurrence (its line, structured metadata, and journal record). Seals the open
+    /// batch first if this line would take it past `BATCH_MAX_BYTES`.
     pub fn append(
         &self,
         labels: Labels<'_>,
         nanos: i64,
         line: &str,
+        metadata: Option<&str>,
         record: Option<(&str, i64, u64)>,
     ) {
         let mut st = self.lock();
         if !st.open.is_empty() && st.open.encoded_size() + line.len() + 64 > self.max_bytes {
-            let sealed = st.open.seal(&self.static_labels);
+            let sealed = st.open.seal(&self.schema);
             let rv = st.rv.clone();
             st.sealed.push_back((sealed, rv));
             st.opened_at = None;
@@ -93,18 +115,28 @@ impl Queue {
             st.opened_at = Some(Instant::now());
             self.cv.notify_all();
         }
-        st.open.push(labels, nanos, line);
+        st.open.push(labels, nanos, line, metadata);
         if let Some((uid, count, hash)) = record {
             st.open.record(uid, count, hash);
         }
     }
 
-    /// Everything up to `rv` has been appended.
-    pub fn advance(&self, rv: &str) {
+    /// Everything of scope `key` up to `rv` has been appended.
+    pub fn advance(&self, key: &str, rv: &str) {
         let mut st = self.lock();
-        if st.rv != rv {
-            st.rv.clear();
-            st.rv.push_str(rv);
+        let st = &mut *st;
+        if key.is_empty() && st.rvs.len() <= 1 {
+            // The common case, one cluster-wide scope: no map, no allocation.
+            if st.rv != rv {
+                st.rv.clear();
+                st.rv.push_str(rv);
+                st.rvs.clear();
+            }
+            return;
+        }
+        if st.rvs.get(key).map(String::as_str) != Some(rv) {
+            st.rvs.insert(key.to_string(), rv.to_string());
+            st.rv = encode_resume(&st.rvs);
         }
     }
 
@@ -131,7 +163,7 @@ impl Queue {
         let now = Instant::now();
         let due = st.opened_at.map(|t| t + self.interval);
         if !st.open.is_empty() && (st.closing.is_some() || due.is_some_and(|d| d <= now)) {
-            let sealed = st.open.seal(&self.static_labels);
+            let sealed = st.open.seal(&self.schema);
             let rv = st.rv.clone();
             st.sealed.push_back((sealed, rv));
             st.opened_at = None;
@@ -175,19 +207,23 @@ mod tests {
 
     fn labels() -> Labels<'static> {
         Labels {
-            namespace: "ns",
-            kind: "Pod",
-            type_: "Normal",
+            values: ["ns", "Pod", "Normal", "", "", ""],
+            len: 3,
         }
     }
 
     #[test]
     fn seals_at_max_bytes_with_the_covered_resource_version() {
-        let q = Queue::new(Duration::from_secs(3600), 2048, vec![], "1".into());
+        let q = Queue::new(
+            Duration::from_secs(3600),
+            2048,
+            Schema::default(),
+            "1".into(),
+        );
         let line = "x".repeat(500);
         for i in 0..10 {
-            q.append(labels(), i, &line, Some(("uid", i, 7)));
-            q.advance(&format!("{}", i + 10));
+            q.append(labels(), i, &line, None, Some(("uid", i, 7)));
+            q.advance("", &format!("{}", i + 10));
         }
         assert_eq!(q.pending(), 10);
         let t = q.take();
@@ -213,9 +249,44 @@ mod tests {
     }
 
     #[test]
+    fn resume_points_of_several_namespaces() {
+        let q = Queue::new(
+            Duration::from_secs(60),
+            1 << 20,
+            Schema::default(),
+            String::new(),
+        );
+        q.advance("", "5");
+        assert_eq!(q.take().idle_rv.as_deref(), Some("5"));
+        let q = Queue::new(
+            Duration::from_secs(60),
+            1 << 20,
+            Schema::default(),
+            String::new(),
+        );
+        q.advance("b", "7");
+        q.advance("a", "3");
+        let rv = q.take().idle_rv.unwrap();
+        assert_eq!(rv, r#"{"a":"3","b":"7"}"#);
+        let m = decode_resume(&rv);
+        assert_eq!(m["a"], "3");
+        assert_eq!(decode_resume("42")[""], "42");
+        assert!(decode_resume("").is_empty());
+        // Restarting from a saved map keeps the other namespaces' points.
+        let q = Queue::new(Duration::from_secs(60), 1 << 20, Schema::default(), rv);
+        q.advance("a", "4");
+        assert_eq!(q.take().idle_rv.unwrap(), r#"{"a":"4","b":"7"}"#);
+    }
+
+    #[test]
     fn the_open_batch_is_due_after_the_interval() {
-        let q = Queue::new(Duration::from_millis(50), 1 << 20, vec![], String::new());
-        q.append(labels(), 1, "a", None);
+        let q = Queue::new(
+            Duration::from_millis(50),
+            1 << 20,
+            Schema::default(),
+            String::new(),
+        );
+        q.append(labels(), 1, "a", None, None);
         let t = q.take();
         assert!(t.sealed.is_empty() && t.next_due.is_some());
         let start = Instant::now();

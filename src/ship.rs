@@ -21,7 +21,9 @@ use log::{info, warn};
 use serde_json::value::RawValue;
 
 use crate::batch::{fnv1a, FNV_OFFSET};
-use crate::event::Event;
+use crate::event::{Event, Field};
+use crate::filter::Filter;
+use crate::format::LineFormat;
 use crate::queue::Queue;
 use crate::spool::{Shipped, ShippedMap};
 use crate::stats::Stats;
@@ -40,12 +42,16 @@ pub struct OutputClosed(pub std::io::Error);
 
 pub struct Shipper {
     seen: ShippedMap,
+    /// The JSON line: what is shipped with `LINE_FORMAT=json`, and what the memory of
+    /// shipped occurrences hashes whatever the format (so a change only a raw object shows,
+    /// like managedFields, is not a new occurrence).
     line: String,
+    /// The line in another format, and the structured metadata.
+    alt: String,
+    meta: String,
     output: Output,
     stats: Arc<Stats>,
-    detailed: bool,
-    retention_secs: u64,
-    max_line: usize,
+    s: Settings,
     last_prune: Instant,
 }
 
@@ -54,6 +60,11 @@ pub struct Settings {
     pub detailed: bool,
     pub retention_secs: u64,
     pub max_line_bytes: usize,
+    pub filter: Filter,
+    /// `LABEL_KEYS`.
+    pub fields: Vec<Field>,
+    pub format: LineFormat,
+    pub structured_metadata: bool,
 }
 
 impl Shipper {
@@ -61,19 +72,19 @@ impl Shipper {
         Shipper {
             seen,
             line: String::with_capacity(4096),
+            alt: String::new(),
+            meta: String::new(),
             output,
             stats,
-            detailed: settings.detailed,
-            retention_secs: settings.retention_secs,
-            max_line: settings.max_line_bytes,
+            s: settings,
             last_prune: Instant::now(),
         }
     }
 
-    /// Every frame up to `rv` has been offered (the resume point, once it is safe).
-    pub fn advance(&self, rv: &str) {
+    /// Every frame of scope `key` up to `rv` has been offered (the resume point, once safe).
+    pub fn advance(&self, key: &str, rv: &str) {
         if let Output::Loki(q) = &self.output {
-            q.advance(rv);
+            q.advance(key, rv);
         }
     }
 
@@ -110,9 +121,11 @@ impl Shipper {
                 return Ok(());
             }
         };
-        if ev.write_line(&occ, &mut self.line, self.max_line) {
-            Stats::add(&self.stats.truncated, 1);
+        if !self.s.filter.pass(&ev, occ.count) {
+            Stats::add(&self.stats.filtered, 1);
+            return Ok(());
         }
+        let cut = ev.write_line(&occ, &mut self.line, self.s.max_line_bytes);
         let hash = fnv1a(self.line.as_bytes(), FNV_OFFSET);
         let now = now_secs();
         let shipped = Shipped {
@@ -125,14 +138,43 @@ impl Shipper {
                 Stats::add(&self.stats.unchanged, 1);
                 return Ok(());
             }
+            // DEDUPLICATE=1: the first occurrence was shipped; repeats are left out.
+            Some(_) if self.s.filter.deduplicate() => {
+                Stats::add(&self.stats.filtered, 1);
+                return Ok(());
+            }
             Some(s) => *s = shipped,
             None => {
                 self.seen.insert(ev.uid().into(), shipped);
             }
         }
         Stats::add(&self.stats.shipped, 1);
-        if self.detailed {
-            info!("{}", self.line);
+        let line = match self.s.format {
+            LineFormat::Json => {
+                if cut {
+                    Stats::add(&self.stats.truncated, 1);
+                }
+                &self.line
+            }
+            LineFormat::Logfmt => {
+                if cut {
+                    Stats::add(&self.stats.truncated, 1);
+                }
+                crate::format::json_to_logfmt(&self.line, &mut self.alt);
+                &self.alt
+            }
+            LineFormat::Raw => {
+                match crate::format::raw_line(raw.get(), &mut self.alt, self.s.max_line_bytes) {
+                    Ok(true) => Stats::add(&self.stats.truncated, 1),
+                    Ok(false) => {}
+                    // It parsed as an Event a moment ago: cannot happen; ship the JSON line.
+                    Err(_) => self.alt.clone_from(&self.line),
+                }
+                &self.alt
+            }
+        };
+        if self.s.detailed {
+            info!("{line}");
         }
         match &self.output {
             Output::Loki(q) => {
@@ -140,11 +182,17 @@ impl Shipper {
                 // seen; uids are UUIDs) is shipped but not remembered across restarts.
                 let uid = ev.uid();
                 let record = (!uid.contains(char::is_whitespace)).then_some((uid, occ.count, hash));
-                q.append(ev.labels(), occ.nanos, &self.line, record)
+                let meta = if self.s.structured_metadata {
+                    ev.write_metadata(&mut self.meta);
+                    Some(self.meta.as_str())
+                } else {
+                    None
+                };
+                q.append(ev.labels(&self.s.fields), occ.nanos, line, meta, record)
             }
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(self.line.as_bytes())
+                out.write_all(line.as_bytes())
                     .and_then(|()| out.write_all(b"\n"))
                     .and_then(|()| out.flush())
                     .map_err(OutputClosed)?;
@@ -168,7 +216,7 @@ impl Shipper {
 
     fn prune(&mut self, now: u64) {
         self.last_prune = Instant::now();
-        let keep = self.retention_secs;
+        let keep = self.s.retention_secs;
         self.seen.retain(|_, s| now.saturating_sub(s.at) < keep);
     }
 }
@@ -197,6 +245,13 @@ mod tests {
             detailed: false,
             retention_secs: 7200,
             max_line_bytes: 256 * 1024,
+            filter: Filter::new(crate::config::Filters {
+                min_count: 1,
+                ..Default::default()
+            }),
+            fields: vec![Field::Namespace, Field::Kind, Field::Type],
+            format: LineFormat::Json,
+            structured_metadata: false,
         }
     }
 
@@ -213,7 +268,7 @@ mod tests {
         let q = Arc::new(Queue::new(
             Duration::from_secs(60),
             1 << 20,
-            vec![],
+            Default::default(),
             String::new(),
         ));
         let mut s = Shipper::new(
@@ -252,7 +307,7 @@ mod tests {
         let q = Arc::new(Queue::new(
             Duration::from_secs(60),
             1 << 20,
-            vec![],
+            Default::default(),
             String::new(),
         ));
         let mut s = Shipper::new(

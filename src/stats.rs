@@ -52,6 +52,8 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Occurrences handed to the output (queued for Loki, or printed).
     pub shipped: AtomicU64,
+    /// Occurrences left out by the filters (and repeats, with `DEDUPLICATE=1`).
+    pub filtered: AtomicU64,
     /// Objects that showed nothing new (a relisted event, a MODIFIED with no visible change).
     pub unchanged: AtomicU64,
     /// Watch frames or list items that could not be parsed or had no uid/time.

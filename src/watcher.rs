@@ -12,13 +12,14 @@
 //! resourceVersion is an opaque string: it is stored and sent back, never compared.
 //! The HTTP calls live in `kube::client`; the occurrence logic in `ship`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::event::{Bookmark, Frame, List, Meta, Status};
+use crate::filter::Scope;
 use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
 use crate::ship::{head, OutputClosed, Shipper};
 use crate::shutdown::Shutdown;
@@ -42,13 +43,15 @@ pub enum State {
     Stopped,
 }
 
-/// Called once after every complete list (used for readiness and the startup log).
-pub type OnListed = Box<dyn FnMut(usize) + Send>;
+/// Called after every complete list with the number of events (`Some`), and when a watch
+/// resumed from a saved resourceVersion opened (`None`): kube-event is up either way (used for
+/// readiness, systemd's READY=1 and the startup log).
+pub type OnListed = Box<dyn FnMut(Option<usize>) + Send>;
 
 pub struct Watcher {
-    client: Client,
-    path: String,
-    shipper: Shipper,
+    client: Arc<Client>,
+    scope: Scope,
+    shipper: Arc<Mutex<Shipper>>,
     shutdown: Shutdown,
     backoff: Backoff,
     line: Vec<u8>,
@@ -66,15 +69,16 @@ const SHORT_WATCH: Duration = Duration::from_secs(1);
 
 impl Watcher {
     pub fn new(
-        client: Client,
-        shipper: Shipper,
+        client: Arc<Client>,
+        scope: Scope,
+        shipper: Arc<Mutex<Shipper>>,
         shutdown: Shutdown,
         stats: Arc<Stats>,
         on_listed: OnListed,
     ) -> Self {
         Watcher {
             client,
-            path: "/api/v1/events".to_string(),
+            scope,
             shipper,
             shutdown,
             backoff: Backoff::apiserver(),
@@ -116,7 +120,11 @@ impl Watcher {
         if continue_.is_none() {
             self.listed = 0;
         }
-        let body = match self.client.list_page(&self.path, continue_) {
+        let body = match self.client.list_page(
+            &self.scope.path,
+            self.scope.field_selector.as_deref(),
+            continue_,
+        ) {
             Ok(b) => b,
             Err(client::Error::Status {
                 code: 410, message, ..
@@ -150,7 +158,7 @@ impl Watcher {
         Stats::add(&self.stats.frames[FRAME_LIST], list.items.len() as u64);
         let mut item_rv = String::new();
         for item in &list.items {
-            self.shipper.offer(item, &mut item_rv)?;
+            self.shipper().offer(item, &mut item_rv)?;
         }
         self.listed += list.items.len();
         let page_rv = list.metadata.resource_version.as_deref().unwrap_or("");
@@ -162,15 +170,16 @@ impl Watcher {
             }),
             None => {
                 info!(
-                    "listed {} events at resourceVersion {rv}; watching",
-                    self.listed
+                    "listed {} events{} at resourceVersion {rv}; watching",
+                    self.listed,
+                    scope_note(&self.scope)
                 );
                 if self.lists > 0 {
                     Stats::add(&self.stats.relists, 1);
                 }
                 self.lists += 1;
-                (self.on_listed)(self.listed);
-                self.shipper.advance(&rv);
+                (self.on_listed)(Some(self.listed));
+                self.shipper().advance(&self.scope.key, &rv);
                 if rv.is_empty() {
                     warn!("the list had no resourceVersion; listing again");
                     self.pause(None);
@@ -183,7 +192,12 @@ impl Watcher {
 
     fn watch(&mut self, mut rv: String) -> Result<State, OutputClosed> {
         let started = Instant::now();
-        let mut stream = match self.client.watch(&self.path, &rv, WATCH_TIMEOUT_SECS) {
+        let mut stream = match self.client.watch(
+            &self.scope.path,
+            self.scope.field_selector.as_deref(),
+            &rv,
+            WATCH_TIMEOUT_SECS,
+        ) {
             Ok(s) => s,
             Err(client::Error::Status {
                 code: 410, message, ..
@@ -198,6 +212,10 @@ impl Watcher {
             }
         };
         self.stats.watch_progress();
+        if self.lists == 0 {
+            // Resumed from a saved resourceVersion, without a list: up all the same.
+            (self.on_listed)(None);
+        }
         let mut frames = 0u64;
         loop {
             if self.shutdown.is_set() {
@@ -236,13 +254,13 @@ impl Watcher {
                     } else {
                         FRAME_MODIFIED
                     });
-                    self.shipper.offer(frame.object, &mut rv)?;
+                    self.shipper().offer(frame.object, &mut rv)?;
                 }
                 "DELETED" => {
                     self.stats.frame(FRAME_DELETED);
                     if let Ok(b) = serde_json::from_str::<Bookmark>(frame.object.get()) {
                         if let Some(uid) = b.metadata.uid.as_deref() {
-                            self.shipper.forget(uid);
+                            self.shipper().forget(uid);
                         }
                         if let Some(v) = b.metadata.resource_version.as_deref() {
                             rv = v.to_string();
@@ -279,7 +297,7 @@ impl Watcher {
                     warn!("skipping a watch frame of unknown type {other:?}");
                 }
             }
-            self.shipper.advance(&rv);
+            self.shipper().advance(&self.scope.key, &rv);
         }
         Stats::add(&self.stats.watch_restarts, 1);
         if frames == 0 && started.elapsed() < SHORT_WATCH {
@@ -289,6 +307,10 @@ impl Watcher {
             debug!("watch ended after {frames} frames; watching again from resourceVersion {rv}");
         }
         Ok(State::Watching { rv })
+    }
+
+    fn shipper(&self) -> std::sync::MutexGuard<'_, Shipper> {
+        self.shipper.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Logs a failed call at the level it deserves and waits the backoff.
@@ -302,9 +324,14 @@ impl Watcher {
             client::Error::Status {
                 code: 403, message, ..
             } => {
+                let scope = if self.scope.key.is_empty() {
+                    "at cluster scope".to_string()
+                } else {
+                    format!("in namespace {}", self.scope.key)
+                };
                 error!(
                     "cannot {what}: forbidden: {message}. kube-event needs get, list and watch on \
-                     events (API group \"\") at cluster scope: apply deploy/rbac.yaml or see README.md"
+                     events (API group \"\") {scope}: apply deploy/rbac.yaml or see README.md"
                 );
                 None
             }
@@ -330,6 +357,15 @@ impl Watcher {
         let d = self.backoff.failure(retry_after);
         debug!("waiting {:.1}s before the next call", d.as_secs_f64());
         self.shutdown.sleep(d);
+    }
+}
+
+/// " in namespace x" for a namespace scope, "" for the whole cluster.
+fn scope_note(scope: &Scope) -> String {
+    if scope.key.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {}", scope.key)
     }
 }
 

@@ -121,8 +121,17 @@ impl Client {
     }
 
     /// One page of `GET path?limit=…[&continue=…]`: the raw JSON body.
-    pub fn list_page(&self, path: &str, continue_token: Option<&str>) -> Result<Vec<u8>, Error> {
+    pub fn list_page(
+        &self,
+        path: &str,
+        selector: Option<&str>,
+        continue_token: Option<&str>,
+    ) -> Result<Vec<u8>, Error> {
         let mut url = format!("{}{path}?limit={PAGE_SIZE}", self.server);
+        if let Some(f) = selector {
+            url.push_str("&fieldSelector=");
+            percent_encode(f, &mut url);
+        }
         if let Some(c) = continue_token {
             url.push_str("&continue=");
             percent_encode(c, &mut url);
@@ -156,12 +165,22 @@ impl Client {
     }
 
     /// `GET path?watch=1&resourceVersion=rv&allowWatchBookmarks=true&timeoutSeconds=…`.
-    pub fn watch(&self, path: &str, rv: &str, timeout_secs: u64) -> Result<WatchStream, Error> {
+    pub fn watch(
+        &self,
+        path: &str,
+        selector: Option<&str>,
+        rv: &str,
+        timeout_secs: u64,
+    ) -> Result<WatchStream, Error> {
         let mut url = format!(
             "{}{path}?watch=1&allowWatchBookmarks=true&timeoutSeconds={timeout_secs}&resourceVersion=",
             self.server
         );
         percent_encode(rv, &mut url);
+        if let Some(f) = selector {
+            url.push_str("&fieldSelector=");
+            percent_encode(f, &mut url);
+        }
         let resp = self.get(&self.watch_agent, &url)?;
         Ok(WatchStream {
             reader: BufReader::with_capacity(64 * 1024, resp.into_body().into_reader()),

@@ -331,10 +331,19 @@ fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) 
         return (resp, None, Vec::new());
     }
     let bad = |text: &str| (Response::go_error(400, text), None, Vec::new());
-    match req.header("content-encoding").unwrap_or("") {
-        "" => {}
+    // Gzipped JSON is accepted since Loki 2.2 (protocols.md 5.2); deflate too, not used here.
+    let body: std::borrow::Cow<[u8]> = match req.header("content-encoding").unwrap_or("") {
+        "" => std::borrow::Cow::Borrowed(&req.body),
+        "gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            if let Err(e) = flate2::read::GzDecoder::new(&req.body[..]).read_to_end(&mut out) {
+                return bad(&format!("gzip: {e}"));
+            }
+            std::borrow::Cow::Owned(out)
+        }
         other => return bad(&format!("Content-Encoding \"{other}\" not supported")),
-    }
+    };
     let content_type = req.header("content-type").unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
     if media.is_empty() {
@@ -344,7 +353,7 @@ fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) 
         // Loki would decode snappy protobuf here; the product must send JSON.
         return bad("snappy: corrupt input");
     }
-    let parsed = match parse_push(&req.body) {
+    let parsed = match parse_push(&body) {
         Ok(p) => p,
         Err(msg) => return bad(&msg),
     };
