@@ -327,10 +327,11 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
     }
     let s = &stats;
     info!(
-        "shut down: received {}, shipped {}, unchanged {}, malformed {}, pushed {}, rejected {}, \
+        "shut down: received {}, shipped {}, filtered {}, unchanged {}, malformed {}, pushed {}, rejected {}, \
          left in the spool {}, dropped (spool full) {}, lost {}",
         Stats::get(&s.received),
         Stats::get(&s.shipped),
+        Stats::get(&s.filtered),
         Stats::get(&s.unchanged),
         Stats::get(&s.malformed),
         Stats::get(&s.pushed),

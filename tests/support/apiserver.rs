@@ -192,6 +192,9 @@ struct State {
     open_watches: usize,
     watch_count: usize,
     stopped: bool,
+    /// Set by `forbid_cluster_scope`: the user named here may not list or watch events across
+    /// the cluster, only inside namespaces.
+    cluster_forbidden_for: Option<String>,
 }
 
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
@@ -268,6 +271,7 @@ impl FakeApiServer {
             open_watches: 0,
             watch_count: 0,
             stopped: false,
+            cluster_forbidden_for: None,
         }));
         let handler_shared = shared.clone();
         let http = HttpServer::start(
@@ -443,6 +447,13 @@ impl FakeApiServer {
         self.shared.update(|s| {
             s.sticky.insert(kind.into(), failure);
         });
+    }
+
+    /// From now on `/api/v1/events` (list and watch) answers 403 as the real server does for
+    /// `user` without cluster-wide RBAC; `/api/v1/namespaces/NS/events` still works.
+    pub fn forbid_cluster_scope(&self, user: &str) {
+        let user = user.to_string();
+        self.shared.update(|s| s.cluster_forbidden_for = Some(user));
     }
 
     pub fn clear_failures(&self) {
@@ -658,11 +669,19 @@ fn handle(shared: &Arc<Shared<State>>, req: &HttpRequest, conn: &mut Conn) {
             Auth::ClientCert => req.peer_cn.is_some(),
             Auth::None => true,
         };
+        let cluster_wide = matches!(route, Route::Collection(None));
         if !authed {
             Some(json_response(
                 401,
                 status_json(401, "Unauthorized", "Unauthorized", None),
             ))
+        } else if let (true, Some(user)) = (cluster_wide, &s.cluster_forbidden_for) {
+            let verb = if kind == Some(Kind::Watch) {
+                "watch"
+            } else {
+                "list"
+            };
+            Some(json_response(403, forbidden_body(user, verb, None)))
         } else if let Some(kind) = kind {
             let key = KindKey::from(kind);
             let queued = s.failures.get_mut(&key).and_then(VecDeque::pop_front);
