@@ -74,11 +74,11 @@ impl Batch {
         self.encoded_estimate
     }
 
-    /// Remembers that the occurrence `count` of event `uid`, whose line hashes to `hash`, is
-    /// in this batch (for the journal, once the batch is safe).
-    pub fn record(&mut self, uid: &str, count: i64, hash: u64) {
+    /// Remembers that the occurrence `count` of the event with key `key` (`spool::uid_key`),
+    /// whose line hashes to `hash`, is in this batch (for the journal, once the batch is safe).
+    pub fn record(&mut self, key: u64, count: i64, hash: u64) {
         use std::fmt::Write;
-        let _ = writeln!(self.records, "{uid} {count} {hash:016x}");
+        let _ = writeln!(self.records, "{key:016x} {count} {hash:016x}");
         self.n_records += 1;
     }
 

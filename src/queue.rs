@@ -101,7 +101,7 @@ impl Queue {
         nanos: i64,
         line: &str,
         metadata: Option<&str>,
-        record: Option<(&str, i64, u64)>,
+        record: Option<(u64, i64, u64)>,
     ) {
         let mut st = self.lock();
         if !st.open.is_empty() && st.open.encoded_size() + line.len() + 64 > self.max_bytes {
@@ -116,8 +116,8 @@ impl Queue {
             self.cv.notify_all();
         }
         st.open.push(labels, nanos, line, metadata);
-        if let Some((uid, count, hash)) = record {
-            st.open.record(uid, count, hash);
+        if let Some((key, count, hash)) = record {
+            st.open.record(key, count, hash);
         }
     }
 
@@ -222,7 +222,7 @@ mod tests {
         );
         let line = "x".repeat(500);
         for i in 0..10 {
-            q.append(labels(), i, &line, None, Some(("uid", i, 7)));
+            q.append(labels(), i, &line, None, Some((42, i, 7)));
             q.advance("", &format!("{}", i + 10));
         }
         assert_eq!(q.pending(), 10);

@@ -25,7 +25,7 @@ use crate::event::{Event, Field};
 use crate::filter::Filter;
 use crate::format::LineFormat;
 use crate::queue::Queue;
-use crate::spool::{Shipped, ShippedMap};
+use crate::spool::{uid_key, Shipped, ShippedMap};
 use crate::stats::Stats;
 
 /// How often forgotten events are pruned.
@@ -128,13 +128,10 @@ impl Shipper {
         let cut = ev.write_line(&occ, &mut self.line, self.s.max_line_bytes);
         let hash = fnv1a(self.line.as_bytes(), FNV_OFFSET);
         let now = now_secs();
-        let shipped = Shipped {
-            count: occ.count,
-            hash,
-            at: now,
-        };
-        match self.seen.get_mut(ev.uid()) {
-            Some(s) if s.hash == hash || occ.count < s.count => {
+        let shipped = Shipped::new(occ.count, hash, now);
+        let key = uid_key(ev.uid());
+        match self.seen.get_mut(&key) {
+            Some(s) if s.hash == hash || shipped.count < s.count => {
                 Stats::add(&self.stats.unchanged, 1);
                 return Ok(());
             }
@@ -145,7 +142,7 @@ impl Shipper {
             }
             Some(s) => *s = shipped,
             None => {
-                self.seen.insert(ev.uid().into(), shipped);
+                self.seen.insert(key, shipped);
             }
         }
         Stats::add(&self.stats.shipped, 1);
@@ -178,10 +175,7 @@ impl Shipper {
         }
         match &self.output {
             Output::Loki(q) => {
-                // The journal's record format is space-separated: a uid with whitespace (never
-                // seen; uids are UUIDs) is shipped but not remembered across restarts.
-                let uid = ev.uid();
-                let record = (!uid.contains(char::is_whitespace)).then_some((uid, occ.count, hash));
+                let record = Some((key, occ.count, hash));
                 let meta = if self.s.structured_metadata {
                     ev.write_metadata(&mut self.meta);
                     Some(self.meta.as_str())
@@ -206,7 +200,7 @@ impl Shipper {
 
     /// A DELETED object: the event expired, it cannot show up again.
     pub fn forget(&mut self, uid: &str) {
-        self.seen.remove(uid);
+        self.seen.remove(&uid_key(uid));
     }
 
     /// How many events are remembered.
@@ -217,7 +211,8 @@ impl Shipper {
     fn prune(&mut self, now: u64) {
         self.last_prune = Instant::now();
         let keep = self.s.retention_secs;
-        self.seen.retain(|_, s| now.saturating_sub(s.at) < keep);
+        self.seen
+            .retain(|_, s| now.saturating_sub(s.at as u64) < keep);
     }
 }
 
@@ -275,7 +270,7 @@ mod tests {
             Output::Loki(q.clone()),
             stats.clone(),
             settings(),
-            ShippedMap::new(),
+            ShippedMap::default(),
         );
         let mut rv = String::new();
         s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
@@ -302,6 +297,59 @@ mod tests {
     }
 
     #[test]
+    fn the_compact_memory_ships_every_occurrence_exactly_once_and_stays_small() {
+        let stats = Arc::new(Stats::default());
+        let q = Arc::new(Queue::new(
+            Duration::from_secs(3600),
+            usize::MAX,
+            Default::default(),
+            String::new(),
+        ));
+        let mut s = Shipper::new(
+            Output::Loki(q.clone()),
+            stats.clone(),
+            settings(),
+            ShippedMap::default(),
+        );
+        let mut rv = String::new();
+        const EVENTS: i64 = 20_000;
+        // Three occurrences of each event; every object is seen twice (a relist, a replayed
+        // watch), and the rounds interleave the events.
+        for count in 1..=3 {
+            for _seen in 0..2 {
+                for i in 0..EVENTS {
+                    let uid = format!("{:08x}-0000-4000-8000-{i:012x}", i * 7919);
+                    let ts = format!("2026-01-01T00:{count:02}:00Z");
+                    s.offer(&raw(&uid, count, &ts, "1"), &mut rv).unwrap();
+                }
+            }
+        }
+        assert_eq!(Stats::get(&stats.shipped), 3 * EVENTS as u64);
+        assert_eq!(Stats::get(&stats.unchanged), 3 * EVENTS as u64);
+        assert_eq!(q.pending(), 3 * EVENTS as usize);
+        assert_eq!(s.remembered(), EVENTS as usize);
+        // The memory of what was shipped: at most 64 bytes per remembered event, counting the
+        // map's spare capacity and control bytes.
+        let slot = std::mem::size_of::<(u64, Shipped)>() + 1;
+        let per_event = s.seen.capacity() * slot / s.seen.len();
+        assert!(per_event <= 64, "{per_event} bytes per remembered event");
+        // After a restart with that memory, a relist ships nothing.
+        let restarted = Shipper::new(
+            Output::Loki(q.clone()),
+            stats.clone(),
+            settings(),
+            s.seen.clone(),
+        );
+        let mut s2 = restarted;
+        for i in 0..EVENTS {
+            let uid = format!("{:08x}-0000-4000-8000-{i:012x}", i * 7919);
+            s2.offer(&raw(&uid, 3, "2026-01-01T00:03:00Z", "1"), &mut rv)
+                .unwrap();
+        }
+        assert_eq!(Stats::get(&stats.shipped), 3 * EVENTS as u64);
+    }
+
+    #[test]
     fn malformed_objects_are_counted_and_skipped() {
         let stats = Arc::new(Stats::default());
         let q = Arc::new(Queue::new(
@@ -314,7 +362,7 @@ mod tests {
             Output::Loki(q.clone()),
             stats.clone(),
             settings(),
-            ShippedMap::new(),
+            ShippedMap::default(),
         );
         for bad in [
             r#"{"metadata":{"uid":"x"}}"#,
