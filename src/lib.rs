@@ -111,7 +111,6 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
         .collect();
     let format: format::LineFormat = config.line_format.parse().map_err(Error::Config)?;
     let filter = filter::Filter::new(config.filters.clone());
-    let scopes = scopes(&kube, &filter);
 
     let stats = Arc::new(Stats::default());
     let shutdown = Shutdown::new();
@@ -137,6 +136,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
     }
 
+    let scopes = scopes(&kube, &filter);
     let settings = ship::Settings {
         detailed: config.enable_detailed,
         retention_secs: config.dedup_retention_secs,
