@@ -13,7 +13,7 @@ use crate::event::{write_json_str, Labels};
 #[derive(Default)]
 pub struct Batch {
     streams: Vec<Stream>,
-    /// fnv(labels) -> indexes into `streams` with that hash.
+    /// hash(labels) -> indexes into `streams` with that hash.
     index: HashMap<u64, Vec<usize>>,
     arena: String,
     entries: usize,
@@ -199,22 +199,10 @@ fn itoa(v: i64) -> String {
     v.to_string()
 }
 
-/// FNV-1a, 64 bit: stable across Rust versions and runs (unlike `DefaultHasher`), which
-/// matters for anything that is written to disk.
-pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
 fn labels_hash(l: &Labels<'_>) -> u64 {
     l.values()
         .iter()
-        .fold(FNV_OFFSET, |h, v| fnv1a(&[0], fnv1a(v.as_bytes(), h)))
+        .fold(0, |h, v| crate::hash::hash64(h, v.as_bytes()))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod config;
 pub mod event;
 pub mod filter;
 pub mod format;
+pub mod hash;
 pub mod http;
 pub mod kube;
 pub mod logfile;

@@ -18,6 +18,9 @@ use crate::spool::{SpoolFile, Store};
 use crate::stats::Stats;
 use crate::time::format_rfc3339;
 
+/// The most memory spooled batches' bodies may keep, to be pushed without reading the spool.
+const CACHE_MAX: usize = 16 << 20;
+
 /// How many times a rejected batch is fixed and pushed again before it is kept aside.
 const MAX_FIXES: u32 = 3;
 
@@ -28,7 +31,11 @@ struct Item {
     oldest: i64,
     newest: i64,
     bytes: u64,
-    /// The push body while the batch is not in the spool (the spool could not be written).
+    /// Whether the batch is in the spool; if not (the spool could not be written), `body`
+    /// holds it.
+    spooled: bool,
+    /// The push body in memory: always when not spooled; for spooled batches while the
+    /// cache has room (`CACHE_MAX`), so a healthy pipeline never reads back what it just wrote.
     body: Option<Vec<u8>>,
 }
 
@@ -50,6 +57,8 @@ pub struct Pusher {
     uncommitted: VecDeque<Uncommitted>,
     spool_bytes: u64,
     spool_max: u64,
+    /// Bytes of spooled batches' bodies kept in memory.
+    cached: usize,
     backoff: Backoff,
     failures: u32,
     /// The resourceVersion of the last commit attempt that had nothing before it pending.
@@ -74,6 +83,7 @@ impl Pusher {
                 oldest: f.oldest,
                 newest: f.newest,
                 bytes: f.bytes,
+                spooled: true,
                 body: None,
             })
             .collect();
@@ -87,6 +97,7 @@ impl Pusher {
             uncommitted: VecDeque::new(),
             spool_bytes,
             spool_max,
+            cached: 0,
             backoff: Backoff::loki(),
             failures: 0,
             last_rv: rv,
@@ -143,7 +154,7 @@ impl Pusher {
         // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
         self.make_room(sealed.body.len() as u64 + 128);
         let seq = self.store.next_seq();
-        let (body, bytes) = match self.store.write_batch(
+        let (spooled, body, bytes) = match self.store.write_batch(
             seq,
             sealed.entries,
             sealed.oldest,
@@ -155,7 +166,11 @@ impl Pusher {
                     "spooled batch {seq}: {} entries, {bytes} bytes",
                     sealed.entries
                 );
-                (None, bytes)
+                let keep = self.cached + sealed.body.len() <= CACHE_MAX;
+                if keep {
+                    self.cached += sealed.body.len();
+                }
+                (true, keep.then_some(sealed.body), bytes)
             }
             Err(e) => {
                 Stats::add(&self.stats.spool_write_errors, 1);
@@ -165,7 +180,7 @@ impl Pusher {
                     sealed.entries
                 );
                 let n = sealed.body.len() as u64;
-                (Some(sealed.body), n)
+                (false, Some(sealed.body), n)
             }
         };
         self.uncommitted.push_back(Uncommitted {
@@ -173,7 +188,7 @@ impl Pusher {
             records: sealed.records,
             n: sealed.n_records,
             rv: rv.clone(),
-            safe: body.is_none(),
+            safe: spooled,
         });
         self.last_rv = rv;
         self.spool_bytes += bytes;
@@ -183,6 +198,7 @@ impl Pusher {
             oldest: sealed.oldest,
             newest: sealed.newest,
             bytes,
+            spooled,
             body,
         });
         self.publish_spool();
@@ -224,10 +240,7 @@ impl Pusher {
             let Some(item) = self.backlog.pop_front() else {
                 break;
             };
-            self.spool_bytes -= item.bytes;
-            if item.body.is_none() {
-                self.store.remove_batch(item.seq);
-            }
+            self.forget_item(&item);
             self.mark_safe(item.seq);
             Stats::add(&self.stats.dropped_spool_full, item.entries as u64);
             error!(
@@ -257,7 +270,7 @@ impl Pusher {
         };
         let seq = head.seq;
         // A batch kept in memory: try the spool again first.
-        if let Some(body) = &head.body {
+        if let (false, Some(body)) = (head.spooled, &head.body) {
             if let Ok(bytes) =
                 self.store
                     .write_batch(seq, head.entries, head.oldest, head.newest, body)
@@ -265,7 +278,8 @@ impl Pusher {
                 info!("batch {seq} is in the spool now");
                 self.spool_bytes = self.spool_bytes - head.bytes + bytes;
                 head.bytes = bytes;
-                head.body = None;
+                head.spooled = true;
+                self.cached += body.len();
                 self.mark_safe(seq);
             }
         }
@@ -398,13 +412,21 @@ impl Pusher {
     fn done(&mut self, seq: u64) {
         if let Some(item) = self.backlog.pop_front() {
             debug_assert_eq!(item.seq, seq);
-            self.spool_bytes -= item.bytes;
-            if item.body.is_none() {
-                self.store.remove_batch(seq);
-            }
+            self.forget_item(&item);
         }
         self.mark_safe(seq);
         self.publish_spool();
+    }
+
+    /// A batch leaves the backlog: its spool file and cached body go.
+    fn forget_item(&mut self, item: &Item) {
+        self.spool_bytes -= item.bytes;
+        if item.spooled {
+            self.store.remove_batch(item.seq);
+            if let Some(b) = &item.body {
+                self.cached -= b.len();
+            }
+        }
     }
 
     /// At shutdown: says what is left, and where.
@@ -416,13 +438,13 @@ impl Pusher {
         let in_memory: usize = self
             .backlog
             .iter()
-            .filter(|i| i.body.is_some())
+            .filter(|i| !i.spooled)
             .map(|i| i.entries)
             .sum();
         let spooled: usize = self
             .backlog
             .iter()
-            .filter(|i| i.body.is_none())
+            .filter(|i| i.spooled)
             .map(|i| i.entries)
             .sum();
         if spooled > 0 {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde_json::value::RawValue;
 
-use crate::batch::{fnv1a, FNV_OFFSET};
 use crate::event::{Event, Field};
 use crate::filter::Filter;
 use crate::format::LineFormat;
@@ -126,7 +125,7 @@ impl Shipper {
             return Ok(());
         }
         let cut = ev.write_line(&occ, &mut self.line, self.s.max_line_bytes);
-        let hash = fnv1a(self.line.as_bytes(), FNV_OFFSET);
+        let hash = crate::hash::hash64(0, self.line.as_bytes());
         let now = now_secs();
         let shipped = Shipped::new(occ.count, hash, now);
         let key = uid_key(ev.uid());

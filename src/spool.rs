@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use log::{debug, warn};
 
-use crate::batch::{fnv1a, FNV_OFFSET};
+use crate::hash::{hash64, mix};
 
 const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 1";
 const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 1";
@@ -51,7 +51,7 @@ impl Shipped {
     }
 }
 
-/// Events remembered by the 64-bit FNV-1a hash of their uid (`uid_key`), not the uid itself:
+/// Events remembered by the 64-bit hash of their uid (`uid_key`), not the uid itself:
 /// 8 bytes instead of 36 plus a heap allocation. Two uids colliding in 64 bits is about one
 /// chance in 10^7 for a million events in the retention window, and costs at most a
 /// re-shipped or skipped repeat of one of the two.
@@ -59,7 +59,7 @@ pub type ShippedMap = HashMap<u64, Shipped, BuildHasherDefault<KeyHasher>>;
 
 /// The key of an event in `ShippedMap` and in the journal.
 pub fn uid_key(uid: &str) -> u64 {
-    fnv1a(uid.as_bytes(), FNV_OFFSET)
+    hash64(0, uid.as_bytes())
 }
 
 /// The keys are hashes already: mix them once (splitmix64's finaliser) instead of hashing
@@ -69,14 +69,11 @@ pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        mix(self.0)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        self.0 = fnv1a(bytes, self.0 ^ FNV_OFFSET);
+        self.0 = hash64(self.0, bytes);
     }
 
     fn write_u64(&mut self, v: u64) {
@@ -275,7 +272,7 @@ impl Store {
         let header = format!(
             "{BATCH_MAGIC} {seq} {entries} {oldest} {newest} {} {:016x}\n",
             body.len(),
-            fnv1a(body, FNV_OFFSET)
+            hash64(0, body)
         );
         let path = self.batch_path(seq);
         let tmp = path.with_extension("tmp");
@@ -334,7 +331,7 @@ impl Store {
         let at = now_secs();
         let mut block = format!("B {seq} {n} {at} {}\n", json_str(rv));
         block.push_str(records);
-        let sum = fnv1a(block.as_bytes(), FNV_OFFSET);
+        let sum = hash64(0, block.as_bytes());
         block.push_str(&format!("E {sum:016x}\n"));
         self.journal.write_all(block.as_bytes())?;
         self.journal.sync_data()?;
@@ -376,7 +373,7 @@ impl Store {
                 s.count, s.hash, s.at
             ));
         }
-        let sum = fnv1a(text.as_bytes(), FNV_OFFSET);
+        let sum = hash64(0, text.as_bytes());
         text.push_str(&format!("E {sum:016x}\n"));
         let path = self.dir.join("checkpoint");
         let tmp = self.dir.join("checkpoint.tmp");
@@ -503,7 +500,7 @@ fn parse_block(bytes: &[u8]) -> Result<(usize, u64, u64, String, &str), String> 
         .strip_prefix("E ")
         .and_then(|h| u64::from_str_radix(h, 16).ok())
         .ok_or("bad block end")?;
-    if fnv1a(&bytes[..pos], FNV_OFFSET) != sum {
+    if hash64(0, &bytes[..pos]) != sum {
         return Err("checksum mismatch".into());
     }
     Ok((pos + end + 1, seq, at, rv, records))
@@ -522,7 +519,7 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, ShippedMap), String> {
         .strip_prefix("E ")
         .and_then(|h| u64::from_str_radix(h, 16).ok())
         .ok_or("no checksum line")?;
-    if fnv1a(&bytes[..body_end], FNV_OFFSET) != sum {
+    if hash64(0, &bytes[..body_end]) != sum {
         return Err("checksum mismatch".into());
     }
     let mut lines = text[..body_end].lines();
@@ -574,7 +571,7 @@ fn parse_batch(bytes: &[u8]) -> Result<(SpoolFile, &[u8]), String> {
     if body.len() != len {
         return Err(format!("{} of {len} body bytes (torn write)", body.len()));
     }
-    if fnv1a(body, FNV_OFFSET) != sum {
+    if hash64(0, body) != sum {
         return Err("checksum mismatch".into());
     }
     Ok((
