@@ -22,6 +22,17 @@ pub struct Frame<'a> {
     pub object: &'a serde_json::value::RawValue,
 }
 
+/// A watch frame parsed in one pass, the object straight into an `Event` (a BOOKMARK's and
+/// an ERROR's objects fit too: the first has only metadata, the second is a Status whose
+/// `reason`, `message` and `code` land in the same-named fields).
+#[derive(Deserialize)]
+pub struct TypedFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub object: Event<'a>,
+}
+
 /// A page of `GET /api/v1/events`.
 #[derive(Deserialize)]
 pub struct List<'a> {
@@ -48,13 +59,6 @@ pub struct Status {
     pub reason: String,
     #[serde(default)]
     pub message: String,
-}
-
-/// The object of a BOOKMARK frame: only the resourceVersion is meaningful.
-#[derive(Deserialize)]
-pub struct Bookmark<'a> {
-    #[serde(borrow)]
-    pub metadata: Meta<'a>,
 }
 
 /// A core/v1 Event, only the fields kube-event ships or needs.
@@ -86,6 +90,8 @@ pub struct Event<'a> {
     pub reporting_component: Str<'a>,
     #[serde(borrow)]
     pub reporting_instance: Str<'a>,
+    /// Only in a Status (the object of an ERROR frame).
+    pub code: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]

@@ -87,14 +87,18 @@ impl Shipper {
         }
     }
 
-    /// An ADDED or MODIFIED object, or a list item: ships it if it shows a new occurrence.
-    /// The object's resourceVersion, when it has one, is written to `rv` (parsing the object
-    /// once serves both).
+    /// Whether `offer_event` needs the object's raw text (`LINE_FORMAT=raw`); otherwise the
+    /// watcher parses frames in one pass.
+    pub fn needs_raw(&self) -> bool {
+        self.s.format == LineFormat::Raw
+    }
+
+    /// A list item (or any object as raw JSON): parses it and offers it.
     pub fn offer(&mut self, raw: &RawValue, rv: &mut String) -> Result<(), OutputClosed> {
-        Stats::add(&self.stats.received, 1);
         let ev: Event = match serde_json::from_str(raw.get()) {
             Ok(ev) => ev,
             Err(e) => {
+                Stats::add(&self.stats.received, 1);
                 Stats::add(&self.stats.malformed, 1);
                 warn!(
                     "skipping an event that does not parse ({e}): {}",
@@ -103,6 +107,19 @@ impl Shipper {
                 return Ok(());
             }
         };
+        self.offer_event(&ev, Some(raw), rv)
+    }
+
+    /// An ADDED or MODIFIED object, or a list item: ships it if it shows a new occurrence.
+    /// The object's resourceVersion, when it has one, is written to `rv`. `raw` is the
+    /// object's text, needed only for `LINE_FORMAT=raw`.
+    pub fn offer_event(
+        &mut self,
+        ev: &Event<'_>,
+        raw: Option<&RawValue>,
+        rv: &mut String,
+    ) -> Result<(), OutputClosed> {
+        Stats::add(&self.stats.received, 1);
         if let Some(v) = ev
             .metadata
             .resource_version
@@ -116,11 +133,15 @@ impl Shipper {
             Ok(o) => o,
             Err(e) => {
                 Stats::add(&self.stats.malformed, 1);
-                warn!("skipping event: {e}: {}", head(raw.get()));
+                warn!(
+                    "skipping event {:?} in namespace {:?}: {e}",
+                    ev.metadata.name.as_deref().unwrap_or(""),
+                    ev.metadata.namespace.as_deref().unwrap_or("")
+                );
                 return Ok(());
             }
         };
-        if !self.s.filter.pass(&ev, occ.count) {
+        if !self.s.filter.pass(ev, occ.count) {
             Stats::add(&self.stats.filtered, 1);
             return Ok(());
         }
@@ -160,10 +181,12 @@ impl Shipper {
                 &self.alt
             }
             LineFormat::Raw => {
-                match crate::format::raw_line(raw.get(), &mut self.alt, self.s.max_line_bytes) {
+                let text = raw.map(|r| r.get()).unwrap_or("");
+                match crate::format::raw_line(text, &mut self.alt, self.s.max_line_bytes) {
                     Ok(true) => Stats::add(&self.stats.truncated, 1),
                     Ok(false) => {}
-                    // It parsed as an Event a moment ago: cannot happen; ship the JSON line.
+                    // It parsed as an Event a moment ago (or the watcher did not keep the raw
+                    // text, which it does in this format): ship the JSON line.
                     Err(_) => self.alt.clone_from(&self.line),
                 }
                 &self.alt

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::event::{Bookmark, Frame, List, Meta, Status};
+use crate::event::{Frame, List, TypedFrame};
 use crate::filter::Scope;
 use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
 use crate::ship::{head, OutputClosed, Shipper};
@@ -217,27 +217,40 @@ impl Watcher {
             (self.on_listed)(None);
         }
         let mut frames = 0u64;
-        loop {
+        // Frames are parsed in one pass into an Event, unless the line format needs the
+        // object's raw text (LINE_FORMAT=raw).
+        let raw_mode = self.shipper().needs_raw();
+        let mut buf = std::mem::take(&mut self.line);
+        // `None`: the stream ended cleanly.
+        let next: Option<State> = loop {
             if self.shutdown.is_set() {
-                return Ok(State::Stopped);
+                break Some(State::Stopped);
             }
-            match stream.next_line(&mut self.line) {
+            match stream.next_line(&mut buf) {
                 Ok(true) => {}
-                Ok(false) => break,
+                Ok(false) => break None,
                 Err(e) => {
                     Stats::add(&self.stats.watch_restarts, 1);
                     warn!("watch stream broke after {frames} frames: {e}; watching again from resourceVersion {rv}");
                     self.pause(None);
-                    return Ok(State::Watching { rv });
+                    break Some(State::Watching { rv: rv.clone() });
                 }
             }
             frames += 1;
-            let line = trim_ascii(&self.line);
+            let line = trim_ascii(&buf);
             if line.is_empty() {
                 continue;
             }
-            let frame: Frame = match serde_json::from_slice(line) {
-                Ok(f) => f,
+            let parsed = if raw_mode {
+                serde_json::from_slice::<Frame>(line).and_then(|f| {
+                    let ev = serde_json::from_str::<crate::event::Event>(f.object.get())?;
+                    Ok((f.kind, ev, Some(f.object)))
+                })
+            } else {
+                serde_json::from_slice::<TypedFrame>(line).map(|f| (f.kind, f.object, None))
+            };
+            let (kind, ev, raw) = match parsed {
+                Ok(p) => p,
                 Err(e) => {
                     Stats::add(&self.stats.malformed, 1);
                     warn!(
@@ -247,57 +260,68 @@ impl Watcher {
                     continue;
                 }
             };
-            match &*frame.kind {
+            let frame_rv = ev
+                .metadata
+                .resource_version
+                .as_deref()
+                .filter(|v| !v.is_empty());
+            match &*kind {
                 "ADDED" | "MODIFIED" => {
-                    self.stats.frame(if &*frame.kind == "ADDED" {
+                    self.stats.frame(if &*kind == "ADDED" {
                         FRAME_ADDED
                     } else {
                         FRAME_MODIFIED
                     });
-                    self.shipper().offer(frame.object, &mut rv)?;
+                    let offered = self.shipper().offer_event(&ev, raw, &mut rv);
+                    if let Err(e) = offered {
+                        drop(ev);
+                        self.line = buf;
+                        return Err(e);
+                    }
                 }
                 "DELETED" => {
                     self.stats.frame(FRAME_DELETED);
-                    if let Ok(b) = serde_json::from_str::<Bookmark>(frame.object.get()) {
-                        if let Some(uid) = b.metadata.uid.as_deref() {
-                            self.shipper().forget(uid);
-                        }
-                        if let Some(v) = b.metadata.resource_version.as_deref() {
-                            rv = v.to_string();
-                        }
+                    if let Some(uid) = ev.metadata.uid.as_deref() {
+                        self.shipper().forget(uid);
+                    }
+                    if let Some(v) = frame_rv {
+                        rv.clear();
+                        rv.push_str(v);
                     }
                 }
                 "BOOKMARK" => {
                     self.stats.frame(FRAME_BOOKMARK);
-                    if let Some(v) = object_rv(frame.object.get()) {
+                    if let Some(v) = frame_rv {
                         debug!("bookmark at resourceVersion {v}");
-                        rv = v;
+                        rv.clear();
+                        rv.push_str(v);
                     }
                 }
                 "ERROR" => {
                     self.stats.frame(FRAME_ERROR);
-                    let status: Status =
-                        serde_json::from_str(frame.object.get()).unwrap_or_default();
-                    if status.code == 410 || status.reason == "Expired" || status.reason == "Gone" {
+                    let code = ev.code.unwrap_or(0);
+                    let reason = ev.reason.as_deref().unwrap_or("").to_string();
+                    let message = ev.message.as_deref().unwrap_or("").to_string();
+                    if code == 410 || reason == "Expired" || reason == "Gone" {
                         Stats::add(&self.stats.watch_expired, 1);
-                        info!(
-                            "watch from resourceVersion {rv} expired ({}); listing again",
-                            status.message
-                        );
-                        return Ok(State::Empty);
+                        info!("watch from resourceVersion {rv} expired ({message}); listing again");
+                        break Some(State::Empty);
                     }
                     warn!(
-                        "watch ERROR frame: {} {} {}; watching again from resourceVersion {rv}",
-                        status.code, status.reason, status.message
+                        "watch ERROR frame: {code} {reason} {message}; watching again from resourceVersion {rv}"
                     );
                     self.pause(None);
-                    return Ok(State::Watching { rv });
+                    break Some(State::Watching { rv: rv.clone() });
                 }
                 other => {
                     warn!("skipping a watch frame of unknown type {other:?}");
                 }
             }
             self.shipper().advance(&self.scope.key, &rv);
+        };
+        self.line = buf;
+        if let Some(state) = next {
+            return Ok(state);
         }
         Stats::add(&self.stats.watch_restarts, 1);
         if frames == 0 && started.elapsed() < SHORT_WATCH {
@@ -367,17 +391,6 @@ fn scope_note(scope: &Scope) -> String {
     } else {
         format!(" in namespace {}", scope.key)
     }
-}
-
-/// The resourceVersion of a frame's object.
-fn object_rv(object: &str) -> Option<String> {
-    let m: Bookmark = serde_json::from_str(object).ok()?;
-    let Meta {
-        resource_version, ..
-    } = m.metadata;
-    resource_version
-        .map(|v| v.into_owned())
-        .filter(|v| !v.is_empty())
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
