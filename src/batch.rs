@@ -48,6 +48,14 @@ pub struct Schema {
     pub keys: Vec<String>,
 }
 
+/// A line to add: as JSON, or already escaped to sit inside a JSON string
+/// (`Event::write_line_nested`), which the batch then only copies.
+#[derive(Clone, Copy)]
+pub enum Line<'a> {
+    Plain(&'a str),
+    Nested(&'a str),
+}
+
 /// A batch encoded for Loki, ready to push (and, later, to spool).
 pub struct Sealed {
     pub body: Vec<u8>,
@@ -84,7 +92,7 @@ impl Batch {
 
     /// Adds one line (and its structured metadata, an encoded JSON object) to the stream of
     /// `labels`.
-    pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: &str, metadata: Option<&str>) {
+    pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: Line<'_>, metadata: Option<&str>) {
         let h = labels_hash(&labels);
         let slot = self.index.entry(h).or_default();
         let existing = slot.iter().copied().find(|&i| {
@@ -109,7 +117,10 @@ impl Batch {
             }
         };
         let start = self.arena.len();
-        self.arena.push_str(line);
+        match line {
+            Line::Plain(l) => crate::event::write_json_chars(l, &mut self.arena),
+            Line::Nested(l) => self.arena.push_str(l),
+        }
         let meta_start = self.arena.len();
         if let Some(m) = metadata {
             self.arena.push_str(m);
@@ -123,7 +134,7 @@ impl Batch {
         });
         self.entries += 1;
         // ["<19 digits>","<line>"],
-        self.encoded_estimate += 28 + crate::event::escaped_len(line);
+        self.encoded_estimate += 28 + (meta_start - start);
     }
 
     /// Encodes the batch as a Loki push body and empties it.
@@ -155,8 +166,9 @@ impl Batch {
                 newest = newest.max(e.nanos);
                 out.push_str("[\"");
                 out.push_str(itoa(e.nanos).as_str());
-                out.push_str("\",");
-                write_json_str(&self.arena[e.start..e.meta_start], &mut out);
+                out.push_str("\",\"");
+                out.push_str(&self.arena[e.start..e.meta_start]);
+                out.push('"');
                 if e.meta_start < e.end {
                     out.push(',');
                     out.push_str(&self.arena[e.meta_start..e.end]);
@@ -227,11 +239,31 @@ mod tests {
     #[test]
     fn groups_by_stream_and_orders_by_time() {
         let mut b = Batch::default();
-        b.push(labels("a", "Pod", "Warning"), 30, "third", None);
-        b.push(labels("b", "Node", "Normal"), 5, "other", None);
-        b.push(labels("a", "Pod", "Warning"), 10, "first", None);
-        b.push(labels("a", "Pod", "Warning"), 10, "first-too", None);
-        b.push(labels("", "Node", "Normal"), 7, "quote\"d", None);
+        b.push(
+            labels("a", "Pod", "Warning"),
+            30,
+            Line::Plain("third"),
+            None,
+        );
+        b.push(labels("b", "Node", "Normal"), 5, Line::Plain("other"), None);
+        b.push(
+            labels("a", "Pod", "Warning"),
+            10,
+            Line::Plain("first"),
+            None,
+        );
+        b.push(
+            labels("a", "Pod", "Warning"),
+            10,
+            Line::Plain("first-too"),
+            None,
+        );
+        b.push(
+            labels("", "Node", "Normal"),
+            7,
+            Line::Plain("quote\"d"),
+            None,
+        );
         assert_eq!(b.len(), 5);
         let statics = vec![("cluster".to_string(), "prod".to_string())];
         let sealed = b.seal(&schema(statics));
@@ -259,8 +291,8 @@ mod tests {
             values: ["BackOff", "", "", "", "", ""],
             len: 1,
         };
-        b.push(l, 1, "line", Some(r#"{"event_uid":"u"}"#));
-        b.push(l, 2, "plain", None);
+        b.push(l, 1, Line::Plain("line"), Some(r#"{"event_uid":"u"}"#));
+        b.push(l, 2, Line::Plain("plain"), None);
         let s = Schema {
             job: "events".into(),
             static_labels: vec![],
@@ -282,7 +314,7 @@ mod tests {
             b.push(
                 labels("ns", "Pod", "Warning"),
                 1_795_635_633_000_000_000 + i,
-                line,
+                Line::Plain(line),
                 None,
             );
         }

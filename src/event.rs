@@ -273,7 +273,7 @@ impl<'a> Event<'a> {
     /// `… [kube-event: N bytes cut]`; returns whether that happened.
     pub fn write_line(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
         let msg = s(&self.message);
-        self.render(occ, msg, 0, out);
+        self.render(occ, msg, 0, out, Escape::Plain);
         if out.len() <= max || msg.is_empty() {
             return false;
         }
@@ -292,12 +292,56 @@ impl<'a> Event<'a> {
             used += w;
             keep = i + c.len_utf8();
         }
-        self.render(occ, &msg[..keep], msg.len() - keep, out);
+        self.render(occ, &msg[..keep], msg.len() - keep, out, Escape::Plain);
         true
     }
 
+    /// The same line as `write_line`, escaped once more: the form a push body holds it in
+    /// (inside a JSON string). Written in one pass, so the batch only copies it. Returns
+    /// whether the message was cut to keep the (unescaped) line within `max` bytes.
+    pub fn write_line_nested(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
+        // Escaping makes a byte at most 6; the keys add under 200 bytes. Below that bound the
+        // line cannot reach `max`, and there is nothing to measure.
+        let values = [
+            occ.time,
+            s(&self.type_),
+            s(&self.reason),
+            s(&self.metadata.namespace),
+            s(&self.involved_object.kind),
+            s(&self.involved_object.name),
+            s(&self.involved_object.field_path),
+            s(&self.message),
+            s(&self.first_timestamp),
+            s(&self.event_time),
+            s(&self.source.component),
+            s(&self.source.host),
+            s(&self.reporting_component),
+            s(&self.reporting_instance),
+            s(&self.metadata.uid),
+            s(&self.metadata.name),
+            s(&self.involved_object.uid),
+        ];
+        let raw: usize = values.iter().map(|v| v.len()).sum();
+        if raw * 6 + 512 <= max {
+            self.render(occ, s(&self.message), 0, out, Escape::Nested);
+            return false;
+        }
+        let mut plain = String::new();
+        let cut = self.write_line(occ, &mut plain, max);
+        out.clear();
+        write_json_chars(&plain, out);
+        cut
+    }
+
     /// The line with `message` in place of the event's, and a cut marker when `cut > 0`.
-    fn render(&self, occ: &Occurrence<'_>, message: &str, cut: usize, out: &mut String) {
+    fn render(
+        &self,
+        occ: &Occurrence<'_>,
+        message: &str,
+        cut: usize,
+        out: &mut String,
+        esc: Escape,
+    ) {
         let (component, host) = match non_empty(&self.source.component) {
             Some(c) => (c, s(&self.source.host)),
             None => (s(&self.reporting_component), s(&self.reporting_instance)),
@@ -307,41 +351,87 @@ impl<'a> Event<'a> {
             .unwrap_or("");
         out.clear();
         out.push('{');
-        // `time` is never empty (occurrence() found one), so every later key gets a comma.
-        put_str(out, "\"time\":", occ.time);
-        put_str(out, ",\"type\":", s(&self.type_));
-        put_str(out, ",\"reason\":", s(&self.reason));
-        put_str(out, ",\"namespace\":", s(&self.metadata.namespace));
-        put_str(out, ",\"kind\":", s(&self.involved_object.kind));
-        put_str(out, ",\"name\":", s(&self.involved_object.name));
-        put_str(out, ",\"field_path\":", s(&self.involved_object.field_path));
+        // `time` is never empty (occurrence() found one): it is first, every later key gets
+        // a comma.
+        put(out, esc, "", "time", occ.time);
+        put(out, esc, ",", "type", s(&self.type_));
+        put(out, esc, ",", "reason", s(&self.reason));
+        put(out, esc, ",", "namespace", s(&self.metadata.namespace));
+        put(out, esc, ",", "kind", s(&self.involved_object.kind));
+        put(out, esc, ",", "name", s(&self.involved_object.name));
+        put(
+            out,
+            esc,
+            ",",
+            "field_path",
+            s(&self.involved_object.field_path),
+        );
         if cut == 0 {
-            put_str(out, ",\"message\":", message);
+            put(out, esc, ",", "message", message);
         } else {
-            out.push_str(",\"message\":\"");
-            write_json_chars(message, out);
+            out.push(',');
+            esc.quoted(out, "message");
+            out.push(':');
+            esc.quote(out);
+            esc.chars(message, out);
             out.push_str("… [kube-event: ");
             out.push_str(itoa_buf(cut as i64).as_str());
-            out.push_str(" bytes cut]\"");
+            out.push_str(" bytes cut]");
+            esc.quote(out);
         }
-        out.push_str(",\"count\":");
+        out.push(',');
+        esc.quoted(out, "count");
+        out.push(':');
         out.push_str(itoa_buf(occ.count).as_str());
-        put_str(out, ",\"first_seen\":", first_seen);
-        put_str(out, ",\"component\":", component);
-        put_str(out, ",\"host\":", host);
-        put_str(out, ",\"event_uid\":", s(&self.metadata.uid));
-        put_str(out, ",\"event_name\":", s(&self.metadata.name));
-        put_str(out, ",\"object_uid\":", s(&self.involved_object.uid));
+        put(out, esc, ",", "first_seen", first_seen);
+        put(out, esc, ",", "component", component);
+        put(out, esc, ",", "host", host);
+        put(out, esc, ",", "event_uid", s(&self.metadata.uid));
+        put(out, esc, ",", "event_name", s(&self.metadata.name));
+        put(out, esc, ",", "object_uid", s(&self.involved_object.uid));
         out.push('}');
     }
 }
 
-/// Appends `key` (already quoted, with its comma and colon) and `value` as a JSON string,
-/// unless `value` is empty.
-fn put_str(out: &mut String, key: &str, value: &str) {
-    if !value.is_empty() {
+/// How a line is written: as JSON, or escaped once more to sit inside a JSON string.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    Plain,
+    Nested,
+}
+
+impl Escape {
+    fn quote(self, out: &mut String) {
+        out.push_str(match self {
+            Escape::Plain => "\"",
+            Escape::Nested => "\\\"",
+        });
+    }
+
+    /// A key: ASCII letters and `_`, never escaped.
+    fn quoted(self, out: &mut String, key: &str) {
+        self.quote(out);
         out.push_str(key);
-        write_json_str(value, out);
+        self.quote(out);
+    }
+
+    fn chars(self, v: &str, out: &mut String) {
+        match self {
+            Escape::Plain => write_json_chars(v, out),
+            Escape::Nested => write_json_chars_nested(v, out),
+        }
+    }
+}
+
+/// Appends `sep`, `key` and `value` as a JSON member, unless `value` is empty.
+fn put(out: &mut String, esc: Escape, sep: &str, key: &str, value: &str) {
+    if !value.is_empty() {
+        out.push_str(sep);
+        esc.quoted(out, key);
+        out.push(':');
+        esc.quote(out);
+        esc.chars(value, out);
+        esc.quote(out);
     }
 }
 
@@ -432,8 +522,37 @@ pub fn write_json_str(v: &str, out: &mut String) {
     out.push('"');
 }
 
+/// Appends `v` escaped twice: as `write_json_chars` would, and that escaped again, for a JSON
+/// document that sits inside a JSON string.
+fn write_json_chars_nested(v: &str, out: &mut String) {
+    let bytes = v.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\\\\\"",
+            b'\\' => "\\\\\\\\",
+            b'\n' => "\\\\n",
+            b'\r' => "\\\\r",
+            b'\t' => "\\\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&v[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&v[start..]);
+}
+
 /// Appends `v` escaped for the inside of a JSON string literal.
-fn write_json_chars(v: &str, out: &mut String) {
+pub fn write_json_chars(v: &str, out: &mut String) {
     let bytes = v.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -590,6 +709,27 @@ mod tests {
         let again = out.clone();
         ev.write_line(&occ, &mut out, 262_144);
         assert_eq!(out, again, "the same occurrence gives the same bytes");
+    }
+
+    #[test]
+    fn the_nested_line_is_the_line_escaped_once_more() {
+        let json = r#"{"metadata":{"uid":"u\"1","name":"n\\x"},"lastTimestamp":"2026-01-01T00:00:00Z",
+            "message":"quote \" backslash \\ newline \n tab \t cr \r ctl \u0001 é ☃","reason":"R","type":"Warning","count":3,
+            "source":{"component":"kubelet","host":"h"},"involvedObject":{"kind":"Pod","name":"p","fieldPath":"spec{x}"}}"#;
+        let ev: Event = serde_json::from_str(json).unwrap();
+        let occ = ev.occurrence().unwrap();
+        let (mut plain, mut nested) = (String::new(), String::new());
+        for max in [262_144, 300] {
+            let cut_plain = ev.write_line(&occ, &mut plain, max);
+            let cut_nested = ev.write_line_nested(&occ, &mut nested, max);
+            assert_eq!(cut_plain, cut_nested, "{max}");
+            let mut want = String::new();
+            write_json_chars(&plain, &mut want);
+            assert_eq!(nested, want, "{max}");
+            // And it decodes back to the line.
+            let back: String = serde_json::from_str(&format!("\"{nested}\"")).unwrap();
+            assert_eq!(back, plain);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::stats::Stats;
 use crate::time::format_rfc3339;
 
 /// The most memory spooled batches' bodies may keep, to be pushed without reading the spool.
-const CACHE_MAX: usize = 16 << 20;
+const CACHE_MAX: usize = 4 << 20;
 
 /// How many times a rejected batch is fixed and pushed again before it is kept aside.
 const MAX_FIXES: u32 = 3;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Schema, Sealed};
+use crate::batch::{Batch, Line, Schema, Sealed};
 use crate::event::Labels;
 
 pub struct Queue {
@@ -99,12 +99,15 @@ impl Queue {
         &self,
         labels: Labels<'_>,
         nanos: i64,
-        line: &str,
+        line: Line<'_>,
         metadata: Option<&str>,
         record: Option<(u64, i64, u64)>,
     ) {
         let mut st = self.lock();
-        if !st.open.is_empty() && st.open.encoded_size() + line.len() + 64 > self.max_bytes {
+        let len = match line {
+            Line::Plain(l) | Line::Nested(l) => l.len(),
+        };
+        if !st.open.is_empty() && st.open.encoded_size() + len + 64 > self.max_bytes {
             let sealed = st.open.seal(&self.schema);
             let rv = st.rv.clone();
             st.sealed.push_back((sealed, rv));
@@ -222,7 +225,7 @@ mod tests {
         );
         let line = "x".repeat(500);
         for i in 0..10 {
-            q.append(labels(), i, &line, None, Some((42, i, 7)));
+            q.append(labels(), i, Line::Plain(&line), None, Some((42, i, 7)));
             q.advance("", &format!("{}", i + 10));
         }
         assert_eq!(q.pending(), 10);
@@ -286,7 +289,7 @@ mod tests {
             Schema::default(),
             String::new(),
         );
-        q.append(labels(), 1, "a", None, None);
+        q.append(labels(), 1, Line::Plain("a"), None, None);
         let t = q.take();
         assert!(t.sealed.is_empty() && t.next_due.is_some());
         let start = Instant::now();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde_json::value::RawValue;
 
+use crate::batch::Line;
 use crate::event::{Event, Field};
 use crate::filter::Filter;
 use crate::format::LineFormat;
@@ -41,10 +42,10 @@ pub struct OutputClosed(pub std::io::Error);
 
 pub struct Shipper {
     seen: ShippedMap,
-    /// The JSON line: what is shipped with `LINE_FORMAT=json`, and what the memory of
-    /// shipped occurrences hashes whatever the format (so a change only a raw object shows,
-    /// like managedFields, is not a new occurrence).
+    /// The JSON line, for the outputs that need it plain (stdout, logfmt, ENABLE_DETAILED).
     line: String,
+    /// The JSON line escaped once more, as a push body holds it.
+    nested: String,
     /// The line in another format, and the structured metadata.
     alt: String,
     meta: String,
@@ -71,6 +72,7 @@ impl Shipper {
         Shipper {
             seen,
             line: String::with_capacity(4096),
+            nested: String::with_capacity(4096),
             alt: String::new(),
             meta: String::new(),
             output,
@@ -145,8 +147,10 @@ impl Shipper {
             Stats::add(&self.stats.filtered, 1);
             return Ok(());
         }
-        let cut = ev.write_line(&occ, &mut self.line, self.s.max_line_bytes);
-        let hash = crate::hash::hash64(0, self.line.as_bytes());
+        // The line as the push body holds it (escaped once more), in one pass; its hash is what
+        // the memory of shipped occurrences compares, whatever the output format.
+        let cut = ev.write_line_nested(&occ, &mut self.nested, self.s.max_line_bytes);
+        let hash = crate::hash::hash64(0, self.nested.as_bytes());
         let now = now_secs();
         let shipped = Shipped::new(occ.count, hash, now);
         let key = uid_key(ev.uid());
@@ -166,17 +170,29 @@ impl Shipper {
             }
         }
         Stats::add(&self.stats.shipped, 1);
-        let line = match self.s.format {
-            LineFormat::Json => {
-                if cut {
-                    Stats::add(&self.stats.truncated, 1);
-                }
-                &self.line
+        if cut && self.s.format != LineFormat::Raw {
+            Stats::add(&self.stats.truncated, 1);
+        }
+        let labels = ev.labels(&self.s.fields);
+        let record = Some((key, occ.count, hash));
+        if let (LineFormat::Json, false, Output::Loki(q)) =
+            (self.s.format, self.s.detailed, &self.output)
+        {
+            // The common case: the nested line goes into the batch as it is.
+            let meta = self.s.structured_metadata.then(|| {
+                ev.write_metadata(&mut self.meta);
+                self.meta.as_str()
+            });
+            q.append(labels, occ.nanos, Line::Nested(&self.nested), meta, record);
+            if self.last_prune.elapsed() >= PRUNE_EVERY {
+                self.prune(now);
             }
+            return Ok(());
+        }
+        ev.write_line(&occ, &mut self.line, self.s.max_line_bytes);
+        let line = match self.s.format {
+            LineFormat::Json => &self.line,
             LineFormat::Logfmt => {
-                if cut {
-                    Stats::add(&self.stats.truncated, 1);
-                }
                 crate::format::json_to_logfmt(&self.line, &mut self.alt);
                 &self.alt
             }
@@ -197,14 +213,13 @@ impl Shipper {
         }
         match &self.output {
             Output::Loki(q) => {
-                let record = Some((key, occ.count, hash));
                 let meta = if self.s.structured_metadata {
                     ev.write_metadata(&mut self.meta);
                     Some(self.meta.as_str())
                 } else {
                     None
                 };
-                q.append(ev.labels(&self.s.fields), occ.nanos, line, meta, record)
+                q.append(labels, occ.nanos, Line::Plain(line), meta, record)
             }
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
