@@ -525,50 +525,38 @@ pub fn write_json_str(v: &str, out: &mut String) {
 /// Appends `v` escaped twice: as `write_json_chars` would, and that escaped again, for a JSON
 /// document that sits inside a JSON string.
 fn write_json_chars_nested(v: &str, out: &mut String) {
-    let bytes = v.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\\\\\"",
-            b'\\' => "\\\\\\\\",
-            b'\n' => "\\\\n",
-            b'\r' => "\\\\r",
-            b'\t' => "\\\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&v[start..i]);
-        if esc.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\\\u00");
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
-        } else {
-            out.push_str(esc);
-        }
-        start = i + 1;
-    }
-    out.push_str(&v[start..]);
+    write_escaped::<true>(v, out)
 }
 
 /// Appends `v` escaped for the inside of a JSON string literal.
 pub fn write_json_chars(v: &str, out: &mut String) {
+    write_escaped::<false>(v, out)
+}
+
+/// The escaping loop of both: runs of plain bytes are copied whole.
+#[inline]
+fn write_escaped<const NESTED: bool>(v: &str, out: &mut String) {
     let bytes = v.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
+        let esc: &str = match (b, NESTED) {
+            (b'"', false) => "\\\"",
+            (b'\\', false) => "\\\\",
+            (b'\n', false) => "\\n",
+            (b'\r', false) => "\\r",
+            (b'\t', false) => "\\t",
+            (b'"', true) => "\\\\\\\"",
+            (b'\\', true) => "\\\\\\\\",
+            (b'\n', true) => "\\\\n",
+            (b'\r', true) => "\\\\r",
+            (b'\t', true) => "\\\\t",
+            (0..=0x1f, _) => "",
             _ => continue,
         };
         out.push_str(&v[start..i]);
         if esc.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
+            out.push_str(if NESTED { "\\\\u00" } else { "\\u00" });
             out.push(HEX[(b >> 4) as usize] as char);
             out.push(HEX[(b & 0xf) as usize] as char);
         } else {

@@ -272,6 +272,19 @@ pub fn head(s: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// Stats, a queue that never seals on its own, and a Shipper into it remembering `seen`.
+    fn rig(seen: ShippedMap) -> (Arc<Stats>, Arc<Queue>, Shipper) {
+        let stats = Arc::new(Stats::default());
+        let q = Arc::new(Queue::new(
+            Duration::from_secs(3600),
+            usize::MAX,
+            Default::default(),
+            String::new(),
+        ));
+        let s = Shipper::new(Output::Loki(q.clone()), stats.clone(), settings(), seen);
+        (stats, q, s)
+    }
+
     fn settings() -> Settings {
         Settings {
             detailed: false,
@@ -296,19 +309,7 @@ mod tests {
 
     #[test]
     fn ships_each_occurrence_once() {
-        let stats = Arc::new(Stats::default());
-        let q = Arc::new(Queue::new(
-            Duration::from_secs(60),
-            1 << 20,
-            Default::default(),
-            String::new(),
-        ));
-        let mut s = Shipper::new(
-            Output::Loki(q.clone()),
-            stats.clone(),
-            settings(),
-            ShippedMap::default(),
-        );
+        let (stats, q, mut s) = rig(ShippedMap::default());
         let mut rv = String::new();
         s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
             .unwrap();
@@ -335,19 +336,7 @@ mod tests {
 
     #[test]
     fn the_compact_memory_ships_every_occurrence_exactly_once_and_stays_small() {
-        let stats = Arc::new(Stats::default());
-        let q = Arc::new(Queue::new(
-            Duration::from_secs(3600),
-            usize::MAX,
-            Default::default(),
-            String::new(),
-        ));
-        let mut s = Shipper::new(
-            Output::Loki(q.clone()),
-            stats.clone(),
-            settings(),
-            ShippedMap::default(),
-        );
+        let (stats, q, mut s) = rig(ShippedMap::default());
         let mut rv = String::new();
         const EVENTS: i64 = 20_000;
         // Three occurrences of each event; every object is seen twice (a relist, a replayed
@@ -388,19 +377,7 @@ mod tests {
 
     #[test]
     fn malformed_objects_are_counted_and_skipped() {
-        let stats = Arc::new(Stats::default());
-        let q = Arc::new(Queue::new(
-            Duration::from_secs(60),
-            1 << 20,
-            Default::default(),
-            String::new(),
-        ));
-        let mut s = Shipper::new(
-            Output::Loki(q.clone()),
-            stats.clone(),
-            settings(),
-            ShippedMap::default(),
-        );
+        let (stats, q, mut s) = rig(ShippedMap::default());
         for bad in [
             r#"{"metadata":{"uid":"x"}}"#,
             r#"{"metadata":"nope"}"#,

@@ -5,66 +5,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::apiserver::now_micro;
+use support::rig::{Rig, TOKEN};
 use support::util::{now_nanos, rfc3339_secs};
 use support::*;
 
 const T: Duration = Duration::from_secs(20);
-const TOKEN: &str = "s3cr3t-token-value";
-
-/// A fake cluster and a fake Loki, a kubeconfig for the first and a kube-event.conf for both.
-struct Rig {
-    pki: TestPki,
-    api: FakeApiServer,
-    loki: FakeLoki,
-    dir: TempDir,
-}
-
-impl Rig {
-    fn new() -> Rig {
-        let pki = TestPki::new();
-        let api = FakeApiServer::start(&pki, Auth::Token(TOKEN.into()));
-        let loki = FakeLoki::start();
-        let dir = TempDir::new();
-        let rig = Rig {
-            pki,
-            api,
-            loki,
-            dir,
-        };
-        rig.kubeconfig(UserAuth::Token(TOKEN));
-        rig
-    }
-
-    fn kubeconfig(&self, user: UserAuth) {
-        let yaml = kubeconfig_yaml(&self.api.url(), CaRef::Data(&self.pki.ca_pem), user);
-        self.dir.write("kubeconfig.yaml", &yaml);
-    }
-
-    /// kube-event.conf with the rig's defaults, then `extra` (later keys win).
-    fn conf(&self, extra: &[(&str, &str)]) -> PathBuf {
-        let loki = self.loki.url();
-        let mut pairs: Vec<(&str, &str)> = vec![
-            ("LOKI_URL", &loki),
-            ("KUBECONFIG", "kubeconfig.yaml"),
-            ("PUSH_INTERVAL_SECONDS", "1"),
-            ("LOG_LEVEL", "debug"),
-        ];
-        for (k, v) in extra {
-            pairs.retain(|(pk, _)| pk != k);
-            pairs.push((k, v));
-        }
-        write_conf(self.dir.path(), &pairs)
-    }
-
-    fn start(&self, extra: &[(&str, &str)]) -> KubeEvent {
-        KubeEvent::spawn(&self.conf(extra), &[], &[])
-    }
-}
 
 fn now_secs() -> String {
     rfc3339_secs(now_nanos())

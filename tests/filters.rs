@@ -4,52 +4,14 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::rig::Rig;
 use support::util::{now_nanos, rfc3339_secs};
 use support::*;
 
 const T: Duration = Duration::from_secs(20);
-const TOKEN: &str = "filters-token";
-
-struct Rig {
-    api: FakeApiServer,
-    loki: FakeLoki,
-    dir: TempDir,
-}
-
-impl Rig {
-    fn new() -> Rig {
-        let pki = TestPki::new();
-        let api = FakeApiServer::start(&pki, Auth::Token(TOKEN.into()));
-        let loki = FakeLoki::start();
-        let dir = TempDir::new();
-        let yaml = kubeconfig_yaml(&api.url(), CaRef::Data(&pki.ca_pem), UserAuth::Token(TOKEN));
-        dir.write("kubeconfig.yaml", &yaml);
-        Rig { api, loki, dir }
-    }
-
-    fn conf(&self, extra: &[(&str, &str)]) -> PathBuf {
-        let loki = self.loki.url();
-        let mut pairs: Vec<(&str, &str)> = vec![
-            ("LOKI_URL", &loki),
-            ("KUBECONFIG", "kubeconfig.yaml"),
-            ("PUSH_INTERVAL_SECONDS", "1"),
-            ("LOG_LEVEL", "debug"),
-        ];
-        for (k, v) in extra {
-            pairs.retain(|(pk, _)| pk != k);
-            pairs.push((k, v));
-        }
-        write_conf(self.dir.path(), &pairs)
-    }
-
-    fn start(&self, extra: &[(&str, &str)]) -> KubeEvent {
-        KubeEvent::spawn(&self.conf(extra), &[], &[])
-    }
-}
 
 /// An event with the fields the filters look at.
 fn ev(

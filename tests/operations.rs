@@ -4,51 +4,19 @@
 mod support;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use support::rig::{Rig, TOKEN};
 use support::util::{now_nanos, rfc3339_secs};
 use support::*;
 
 const T: Duration = Duration::from_secs(20);
-const TOKEN: &str = "ops-token";
 
-struct Rig {
-    api: FakeApiServer,
-    loki: FakeLoki,
-    dir: TempDir,
-}
-
-impl Rig {
-    fn new() -> Rig {
-        let pki = TestPki::new();
-        let api = FakeApiServer::start(&pki, Auth::Token(TOKEN.into()));
-        let loki = FakeLoki::start();
-        let dir = TempDir::new();
-        let yaml = kubeconfig_yaml(&api.url(), CaRef::Data(&pki.ca_pem), UserAuth::Token(TOKEN));
-        dir.write("kubeconfig.yaml", &yaml);
-        Rig { api, loki, dir }
-    }
-
-    fn conf(&self, extra: &[(&str, &str)]) -> PathBuf {
-        let loki = self.loki.url();
-        let mut pairs: Vec<(&str, &str)> = vec![
-            ("LOKI_URL", &loki),
-            ("KUBECONFIG", "kubeconfig.yaml"),
-            ("PUSH_INTERVAL_SECONDS", "1"),
-        ];
-        for (k, v) in extra {
-            pairs.retain(|(pk, _)| pk != k);
-            pairs.push((k, v));
-        }
-        write_conf(self.dir.path(), &pairs)
-    }
-
-    fn check(&self, extra: &[(&str, &str)]) -> (i32, String) {
-        let ke = KubeEvent::spawn(&self.conf(extra), &[], &["--check"]);
-        let code = ke.wait_exit(T).code().unwrap_or(-1);
-        (code, ke.stdout_text())
-    }
+/// `kube-event --check` with the rig's conf: the exit code and what it printed.
+fn check(rig: &Rig, extra: &[(&str, &str)]) -> (i32, String) {
+    let ke = KubeEvent::spawn(&rig.conf(extra), &[], &["--check"]);
+    let code = ke.wait_exit(T).code().unwrap_or(-1);
+    (code, ke.stdout_text())
 }
 
 fn create(api: &FakeApiServer, name: &str) {
@@ -91,7 +59,7 @@ fn sample(body: &str, line: &str) -> Option<f64> {
 fn check_passes_when_everything_works_and_changes_nothing() {
     let rig = Rig::new();
     create(&rig.api, "a.1");
-    let (code, out) = rig.check(&[]);
+    let (code, out) = check(&rig, &[]);
     assert_eq!(code, 0, "{out}");
     for what in [
         "config",
@@ -123,7 +91,7 @@ fn check_names_each_failure_and_its_fix() {
     // The API server forbids listing events.
     let body = support::apiserver::forbidden_body("system:serviceaccount:x:y", "list", None);
     rig.api.fail_always(Kind::List, 403, &[], &body);
-    let (code, out) = rig.check(&[]);
+    let (code, out) = check(&rig, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("FAIL  list events: HTTP 403 Forbidden"),
@@ -138,7 +106,7 @@ fn check_names_each_failure_and_its_fix() {
 
     // Wrong credentials.
     rig.api.set_token("another");
-    let (code, out) = rig.check(&[]);
+    let (code, out) = check(&rig, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  list events: HTTP 401"), "{out}");
     assert!(
@@ -149,29 +117,35 @@ fn check_names_each_failure_and_its_fix() {
 
     // Loki wants a tenant, then Loki is gone.
     rig.loki.require_header("X-Scope-OrgID", "team-a");
-    let (code, out) = rig.check(&[]);
+    let (code, out) = check(&rig, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  Loki: "), "{out}");
     assert!(out.contains("LOKI_TENANT_ID"), "{out}");
-    let (code, out) = rig.check(&[("LOKI_TENANT_ID", "team-a")]);
+    let (code, out) = check(&rig, &[("LOKI_TENANT_ID", "team-a")]);
     assert_eq!(code, 0, "{out}");
     rig.loki.go_away();
-    let (code, out) = rig.check(&[("LOKI_TENANT_ID", "team-a")]);
+    let (code, out) = check(&rig, &[("LOKI_TENANT_ID", "team-a")]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("fix: check LOKI_URL, that Loki runs"), "{out}");
     rig.loki.come_back();
 
     // DATA_DIR under a regular file, and a kubeconfig that is not there.
     rig.dir.write("a-file", "x");
-    let (code, out) = rig.check(&[("LOKI_TENANT_ID", "team-a"), ("DATA_DIR", "a-file/data")]);
+    let (code, out) = check(
+        &rig,
+        &[("LOKI_TENANT_ID", "team-a"), ("DATA_DIR", "a-file/data")],
+    );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  DATA_DIR: "), "{out}");
-    let (code, out) = rig.check(&[("LOKI_TENANT_ID", "team-a"), ("KUBECONFIG", "missing.yaml")]);
+    let (code, out) = check(
+        &rig,
+        &[("LOKI_TENANT_ID", "team-a"), ("KUBECONFIG", "missing.yaml")],
+    );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  cluster access: "), "{out}");
 
     // A bad value: reported, exit 2.
-    let (code, out) = rig.check(&[("PUSH_INTERVAL_SECONDS", "soon")]);
+    let (code, out) = check(&rig, &[("PUSH_INTERVAL_SECONDS", "soon")]);
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("FAIL  config: ") && out.contains("PUSH_INTERVAL_SECONDS"),

@@ -12,6 +12,7 @@ pub mod http;
 pub mod loki;
 pub mod pki;
 pub mod proc;
+pub mod rig;
 pub mod util;
 
 #[allow(unused_imports)]
