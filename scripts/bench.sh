@@ -27,7 +27,8 @@ MODES=${BENCH_MODES:-storm cold drain floor}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release/kube-event
+# BENCH_BIN: another kube-event binary to measure (e.g. the static musl one of scripts/dist.sh).
+BIN=${BENCH_BIN:-$TARGET/release/kube-event}
 GEN=$TARGET/release/examples/bench
 TOKEN=bench-$RANDOM$RANDOM
 HZ=$(getconf CLK_TCK)
