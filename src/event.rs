@@ -280,18 +280,7 @@ impl<'a> Event<'a> {
         // Keep the longest prefix of the message whose escaped form, with the marker, fits.
         let others = out.len() - escaped_len(msg);
         let marker = "… [kube-event: ".len() + 20 + " bytes cut]".len();
-        let budget = max.saturating_sub(others + marker);
-        let mut keep = 0;
-        let mut used = 0;
-        for (i, c) in msg.char_indices() {
-            let mut buf = [0u8; 4];
-            let w = escaped_len(c.encode_utf8(&mut buf));
-            if used + w > budget {
-                break;
-            }
-            used += w;
-            keep = i + c.len_utf8();
-        }
+        let keep = prefix_fitting(msg, max.saturating_sub(others + marker), escaped_len);
         self.render(occ, &msg[..keep], msg.len() - keep, out, Escape::Plain);
         true
     }
@@ -509,6 +498,23 @@ fn itoa_buf(v: i64) -> ItoaBuf {
         buf[i] = b'-';
     }
     ItoaBuf { buf, start: i }
+}
+
+/// The length of the longest prefix of `msg` (in bytes, on a char boundary) whose escaped
+/// form, as `escaped` measures it, is at most `budget` bytes.
+pub fn prefix_fitting(msg: &str, budget: usize, escaped: impl Fn(&str) -> usize) -> usize {
+    let mut keep = 0;
+    let mut used = 0;
+    for (i, c) in msg.char_indices() {
+        let mut buf = [0u8; 4];
+        let w = escaped(c.encode_utf8(&mut buf));
+        if used + w > budget {
+            break;
+        }
+        used += w;
+        keep = i + c.len_utf8();
+    }
+    keep
 }
 
 /// The length of `v` escaped for the inside of a JSON string literal.

@@ -4,6 +4,7 @@
 //! Pure functions, no I/O. Like the JSON line, each gives the same bytes for the same
 //! occurrence every time.
 
+use crate::event::prefix_fitting;
 use serde_json::Value;
 
 /// `LINE_FORMAT`.
@@ -338,7 +339,7 @@ pub fn raw_line(object_json: &str, out: &mut String, max: usize) -> Result<bool,
     // Take the fewest digits that N (for the prefix that room allows) really fits in.
     let mut keep = 0;
     for digits in 1..=decimal_digits(msg.len()) {
-        keep = prefix_fitting(msg, max.saturating_sub(fixed + digits));
+        keep = prefix_fitting(msg, max.saturating_sub(fixed + digits), serde_escaped_len);
         if decimal_digits(msg.len() - keep) <= digits {
             break;
         }
@@ -359,23 +360,6 @@ fn write_compact(v: &Value, out: &mut String) -> Result<(), String> {
     serde_json::to_writer(&mut buf, v).map_err(|e| format!("event object: {e}"))?;
     *out = String::from_utf8(buf).map_err(|e| format!("event object: {e}"))?;
     Ok(())
-}
-
-/// The length of the longest prefix of `msg` (in bytes, on a char boundary) whose escaped
-/// form is at most `budget` bytes.
-fn prefix_fitting(msg: &str, budget: usize) -> usize {
-    let mut keep = 0;
-    let mut used = 0;
-    for (i, c) in msg.char_indices() {
-        let mut buf = [0u8; 4];
-        let w = serde_escaped_len(c.encode_utf8(&mut buf));
-        if used + w > budget {
-            break;
-        }
-        used += w;
-        keep = i + c.len_utf8();
-    }
-    keep
 }
 
 /// The length of `v` inside a JSON string literal as serde_json writes it.
