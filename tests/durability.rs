@@ -666,16 +666,17 @@ fn a_rejected_batch_is_kept_with_its_answer_and_not_pushed_again() {
             .unwrap_or_else(|e| panic!("{b} is not a push body: {e}"));
         assert!(v["streams"].is_array(), "{b}: {v}");
     }
+    // Out of the spool, and not pushed again by the next run.
+    wait_until(T, "an empty spool", || spool_files(&rig.spool()).is_empty());
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    // The whole log, now that it is complete: each rejection was explained at error level.
     let log = ke.stderr_text();
     let lines = log_lines(&log, "rejected");
     assert!(
         lines.iter().filter(|l| level_of(l) == "ERROR").count() >= 2,
         "{lines:?}"
     );
-    // Out of the spool, and not pushed again by the next run.
-    wait_until(T, "an empty spool", || spool_files(&rig.spool()).is_empty());
-    ke.sigterm();
-    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
     let refused = rig
         .loki
         .attempts()
@@ -1090,6 +1091,8 @@ fn the_new_keys_are_validated_naming_file_line_and_key() {
         ("DEDUP_RETENTION_SECONDS", "600"),
         ("MAX_LINE_BYTES", "65536"),
     ]);
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
     let log = ke.stderr_text();
     assert!(!log.contains("unknown key"), "{log}");
 }

@@ -247,9 +247,7 @@ fn label_keys_and_job_choose_the_stream_labels() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(got, want);
-    assert!(ke
-        .stderr_text()
-        .contains("LABEL_KEYS: \"reason\" has many values"));
+    ke.wait_for_stderr("LABEL_KEYS: \"reason\" has many values", T);
 }
 
 #[test]

@@ -260,6 +260,8 @@ fn healthz_fails_when_the_watch_stalls() {
 fn systemd_hears_ready_after_the_first_list_and_stopping_at_shutdown() {
     let rig = Rig::new();
     create(&rig.api, "s.1");
+    rig.api
+        .fail_always(Kind::List, 500, &[], "etcdserver: leader changed");
     let sock_path = rig.dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(T)).unwrap();
@@ -269,10 +271,21 @@ fn systemd_hears_ready_after_the_first_list_and_stopping_at_shutdown() {
         &[],
     );
     let mut buf = [0u8; 256];
+    // While every list fails, kube-event is not ready and must not say so.
+    rig.api
+        .wait_for_requests(|r| r.iter().filter(|r| r.is_list()).count() >= 2, T);
+    sock.set_nonblocking(true).unwrap();
+    let early = sock.recv(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "notified before any list succeeded: {:?}",
+        early.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    sock.set_nonblocking(false).unwrap();
+    rig.api.clear_failures();
     let n = sock.recv(&mut buf).expect("READY=1 from kube-event");
     assert_eq!(&buf[..n], b"READY=1");
-    // It was sent after the first list, not before.
-    assert!(ke.stderr_text().contains("first list done"));
+    ke.wait_for_stderr("first list done", T);
     ke.sigterm();
     let n = sock.recv(&mut buf).expect("STOPPING=1 from kube-event");
     assert_eq!(&buf[..n], b"STOPPING=1");
