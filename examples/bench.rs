@@ -4,6 +4,7 @@
 //! bench apiserver --mode storm|cold --events N --dir DIR [--token T]
 //! bench floor --events N [--runs R]        (or: bench apiserver --floor ...)
 //! bench loki [--expect N] [--down-until PATH]
+//! bench hotpath --events N [--runs R]
 //! ```
 //!
 //! `apiserver` plays the API server over HTTPS on 127.0.0.1 (a CA and a server certificate
@@ -24,6 +25,12 @@
 //! `floor` measures the generator alone: the same server streams the N frames to a plain
 //! rustls client in the same process that reads and drops the bytes; prints
 //! `FLOOR events=N bytes=B secs=S events_per_sec=E mib_per_sec=M` per run.
+//!
+//! `hotpath` runs, in this process and without sockets, what kube-event does per event on
+//! the same N frames: parse (`TypedFrame`), parse and offer to the Shipper (line, hash,
+//! memory of shipped occurrences, batch, sealing push bodies of 1 MiB), and gzip of those
+//! bodies at levels 1 and 6. It prints ns/event and heap allocations/event per stage (best of
+//! `--runs`); run it under `valgrind --tool=callgrind` for instruction counts.
 //!
 //! `loki` is a plain-HTTP sink on 127.0.0.1 for `POST /loki/api/v1/push` (gzip or not): it
 //! answers 204 and counts entries. It prints `READY <port>`, a `PUSH` line per accepted push
@@ -52,6 +59,7 @@ fn main() {
         "apiserver" => apiserver(&opts),
         "floor" => floor(&opts),
         "loki" => loki(&opts),
+        "hotpath" => hotpath(&opts),
         _ => usage(),
     }
 }
@@ -60,7 +68,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench apiserver --mode storm|cold --events N --dir DIR [--token T]\n       \
          bench floor --events N [--runs R]\n       \
-         bench loki [--expect N] [--down-until PATH]"
+         bench loki [--expect N] [--down-until PATH]\n       \
+         bench hotpath --events N [--runs R]"
     );
     std::process::exit(2)
 }
@@ -1130,4 +1139,176 @@ fn read_chunked(r: &mut impl BufRead, out: &mut Vec<u8>) -> io::Result<()> {
         line.clear();
         r.read_line(&mut line)?;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// hotpath: the per-event work in one thread, no sockets
+
+/// Counts heap allocations while `COUNTING` is set (only `hotpath` sets it).
+struct CountingAlloc;
+
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Runs `f` `runs` times; the fastest run's (ns, allocations).
+fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (u128, u64, T) {
+    let mut best: Option<(u128, u64, T)> = None;
+    for _ in 0..runs.max(1) {
+        ALLOCS.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        let t = Instant::now();
+        let out = f();
+        let ns = t.elapsed().as_nanos();
+        COUNTING.store(false, Ordering::Relaxed);
+        let allocs = ALLOCS.load(Ordering::Relaxed);
+        if best.as_ref().is_none_or(|b| ns < b.0) {
+            best = Some((ns, allocs, out));
+        }
+    }
+    best.expect("one run")
+}
+
+fn hotpath(o: &Opts) {
+    let data = Data::render(Mode::Storm, o.events, &o.token);
+    let n = data.n();
+    let frames: Vec<&[u8]> = (0..n)
+        .map(|i| &data.bytes[data.offsets[i]..data.offsets[i + 1] - 1])
+        .collect();
+    let report = |stage: &str, ns: u128, allocs: u64, extra: String| {
+        println!(
+            "{stage:<14} {:>8.0} ns/event {:>6.2} allocs/event {extra}",
+            ns as f64 / n as f64,
+            allocs as f64 / n as f64
+        );
+    };
+    println!(
+        "hotpath: {n} frames, {} bytes ({} bytes/frame), best of {} runs",
+        data.bytes.len(),
+        data.bytes.len() / n.max(1),
+        o.runs
+    );
+    let (ns, allocs, added) = best_of(o.runs, || stage_parse(&frames));
+    assert_eq!(added, n);
+    report("parse", ns, allocs, String::new());
+    let (ns, allocs, bodies) = best_of(o.runs, || stage_offer(&frames));
+    let raw: usize = bodies.iter().map(Vec::len).sum();
+    report(
+        "parse+offer",
+        ns,
+        allocs,
+        format!("({} push bodies, {raw} bytes)", bodies.len()),
+    );
+    for level in [1, 6] {
+        let (ns, allocs, zipped) = best_of(o.runs, || stage_gzip(&bodies, level));
+        report(
+            &format!("gzip level {level}"),
+            ns,
+            allocs,
+            format!(
+                "({zipped} bytes, {:.1}x)",
+                raw as f64 / zipped.max(1) as f64
+            ),
+        );
+    }
+}
+
+// The stages are functions of their own so that callgrind's inclusive costs name them.
+
+/// What the watcher does to a frame before it knows whether it ships it.
+#[inline(never)]
+fn stage_parse(frames: &[&[u8]]) -> usize {
+    let mut added = 0usize;
+    for f in frames {
+        let frame: kube_event::event::TypedFrame = serde_json::from_slice(f).expect("a frame");
+        added += usize::from(&*frame.kind == "ADDED");
+        std::hint::black_box(&frame);
+    }
+    added
+}
+
+/// The watcher's whole per-frame work (as `watcher.rs` does it), with the push bodies the
+/// queue seals (1 MiB each, as BATCH_MAX_BYTES by default).
+#[inline(never)]
+fn stage_offer(frames: &[&[u8]]) -> Vec<Vec<u8>> {
+    use kube_event::event::Field;
+    use kube_event::queue::Queue;
+    use kube_event::ship::{Output, Settings, Shipper};
+
+    let schema = kube_event::batch::Schema {
+        job: "kube-event".into(),
+        static_labels: vec![("cluster".into(), "bench".into())],
+        keys: vec!["namespace".into(), "kind".into(), "type".into()],
+    };
+    let q = Arc::new(Queue::new(
+        Duration::from_secs(3600),
+        1 << 20,
+        schema,
+        String::new(),
+    ));
+    let settings = Settings {
+        detailed: false,
+        retention_secs: 7200,
+        max_line_bytes: 256 * 1024,
+        filter: kube_event::filter::Filter::new(kube_event::config::Filters {
+            min_count: 1,
+            ..Default::default()
+        }),
+        fields: vec![Field::Namespace, Field::Kind, Field::Type],
+        format: kube_event::format::LineFormat::Json,
+        structured_metadata: false,
+    };
+    let stats = Arc::new(kube_event::stats::Stats::default());
+    let mut shipper = Shipper::new(Output::Loki(q.clone()), stats, settings, Default::default());
+    let mut rv = String::new();
+    let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(frames.len() / 500 + 2);
+    for (i, f) in frames.iter().enumerate() {
+        let frame: kube_event::event::TypedFrame = serde_json::from_slice(f).expect("a frame");
+        shipper
+            .offer_event(&frame.object, None, &mut rv)
+            .expect("no stdout");
+        shipper.advance("", &rv);
+        if i % 1024 == 1023 {
+            bodies.extend(q.take().sealed.into_iter().map(|(b, _)| b.body));
+        }
+    }
+    q.close(Instant::now());
+    bodies.extend(q.take().sealed.into_iter().map(|(b, _)| b.body));
+    bodies
+}
+
+/// The pusher's compression of the bodies; returns the compressed size.
+#[inline(never)]
+fn stage_gzip(bodies: &[Vec<u8>], level: u32) -> usize {
+    bodies
+        .iter()
+        .map(|b| {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(b.len() / 6 + 64),
+                flate2::Compression::new(level),
+            );
+            enc.write_all(b).expect("write to a Vec");
+            enc.finish().expect("gzip").len()
+        })
+        .sum()
 }

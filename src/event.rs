@@ -11,7 +11,52 @@ use serde::Deserialize;
 
 use crate::time::parse_rfc3339_nanos;
 
-type Str<'a> = Option<Cow<'a, str>>;
+type Str<'a> = Option<Text<'a>>;
+
+/// A JSON string field: borrowed from the frame unless it holds escapes (`\"`, `\n`, …),
+/// which only an owned copy can undo. serde borrows a plain `Cow<str>` field with
+/// `#[serde(borrow)]`, but not one inside an `Option`: that path always allocated, once per
+/// string field per event (18 allocations per event in `bench hotpath`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    pub fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 /// One line of a watch stream: `{"type":"ADDED","object":{…}}`.
 #[derive(Deserialize)]
