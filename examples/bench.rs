@@ -1240,7 +1240,7 @@ fn hotpath(o: &Opts) {
 fn stage_parse(frames: &[&[u8]]) -> usize {
     let mut added = 0usize;
     for f in frames {
-        let frame: kube_event::event::TypedFrame = serde_json::from_slice(f).expect("a frame");
+        let frame = kube_event::scan::frame(f).expect("a frame");
         added += usize::from(&*frame.kind == "ADDED");
         std::hint::black_box(&frame);
     }
@@ -1283,7 +1283,7 @@ fn stage_offer(frames: &[&[u8]]) -> Vec<Vec<u8>> {
     let mut rv = String::new();
     let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(frames.len() / 500 + 2);
     for (i, f) in frames.iter().enumerate() {
-        let frame: kube_event::event::TypedFrame = serde_json::from_slice(f).expect("a frame");
+        let frame = kube_event::scan::frame(f).expect("a frame");
         shipper
             .offer_event(&frame.object, None, &mut rv)
             .expect("no stdout");

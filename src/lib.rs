@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pusher;
 pub mod queue;
+pub mod scan;
 pub mod ship;
 pub mod shutdown;
 pub mod spool;

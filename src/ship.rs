@@ -97,7 +97,7 @@ impl Shipper {
 
     /// A list item (or any object as raw JSON): parses it and offers it.
     pub fn offer(&mut self, raw: &RawValue, rv: &mut String) -> Result<(), OutputClosed> {
-        let ev: Event = match serde_json::from_str(raw.get()) {
+        let ev = match crate::scan::event(raw.get().as_bytes()) {
             Ok(ev) => ev,
             Err(e) => {
                 Stats::add(&self.stats.received, 1);
@@ -109,7 +109,7 @@ impl Shipper {
                 return Ok(());
             }
         };
-        self.offer_event(&ev, Some(raw), rv)
+        self.offer_event(&ev, Some(raw.get()), rv)
     }
 
     /// An ADDED or MODIFIED object, or a list item: ships it if it shows a new occurrence.
@@ -118,7 +118,7 @@ impl Shipper {
     pub fn offer_event(
         &mut self,
         ev: &Event<'_>,
-        raw: Option<&RawValue>,
+        raw: Option<&str>,
         rv: &mut String,
     ) -> Result<(), OutputClosed> {
         Stats::add(&self.stats.received, 1);
@@ -197,7 +197,7 @@ impl Shipper {
                 &self.alt
             }
             LineFormat::Raw => {
-                let text = raw.map(|r| r.get()).unwrap_or("");
+                let text = raw.unwrap_or("");
                 match crate::format::raw_line(text, &mut self.alt, self.s.max_line_bytes) {
                     Ok(true) => Stats::add(&self.stats.truncated, 1),
                     Ok(false) => {}

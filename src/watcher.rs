@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::event::{Frame, List, TypedFrame};
+use crate::event::List;
+use crate::scan;
 use crate::filter::Scope;
 use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
 use crate::ship::{head, OutputClosed, Shipper};
@@ -217,8 +218,7 @@ impl Watcher {
             (self.on_listed)(None);
         }
         let mut frames = 0u64;
-        // Frames are parsed in one pass into an Event, unless the line format needs the
-        // object's raw text (LINE_FORMAT=raw).
+        // LINE_FORMAT=raw ships the object's text as sent.
         let raw_mode = self.shipper().needs_raw();
         let mut buf = std::mem::take(&mut self.line);
         // `None`: the stream ended cleanly.
@@ -241,14 +241,17 @@ impl Watcher {
             if line.is_empty() {
                 continue;
             }
-            let parsed = if raw_mode {
-                serde_json::from_slice::<Frame>(line).and_then(|f| {
-                    let ev = serde_json::from_str::<crate::event::Event>(f.object.get())?;
-                    Ok((f.kind, ev, Some(f.object)))
-                })
-            } else {
-                serde_json::from_slice::<TypedFrame>(line).map(|f| (f.kind, f.object, None))
-            };
+            let parsed = scan::frame(line).and_then(|f| {
+                let raw = if raw_mode {
+                    Some(std::str::from_utf8(f.raw).map_err(|e| scan::Error {
+                        at: e.valid_up_to(),
+                        what: "invalid UTF-8 in the object",
+                    })?)
+                } else {
+                    None
+                };
+                Ok((f.kind, f.object, raw))
+            });
             let (kind, ev, raw) = match parsed {
                 Ok(p) => p,
                 Err(e) => {
