@@ -9,14 +9,18 @@ use std::collections::HashMap;
 
 use crate::event::{write_json_str, Labels};
 
-/// Occurrences waiting to be pushed, grouped by stream.
+/// Occurrences waiting to be pushed, grouped by stream. Every buffer is kept (cleared, not
+/// freed) from one batch to the next, so a batch in a steady state allocates nothing.
 #[derive(Default)]
 pub struct Batch {
     streams: Vec<Stream>,
-    /// hash(labels) -> indexes into `streams` with that hash.
-    index: HashMap<u64, Vec<usize>>,
+    /// The label values of every stream, back to back (`Stream::values` are ranges here).
+    label_text: String,
+    /// hash(labels) -> the first stream with that hash (others chain through `Stream::next`).
+    index: HashMap<u64, u32>,
+    /// Every occurrence in arrival order; grouped by stream and ordered by time at `seal`.
+    entries: Vec<Entry>,
     arena: String,
-    entries: usize,
     /// Journal records of the occurrences in this batch: `uid count hash` lines (spool.rs).
     records: String,
     n_records: usize,
@@ -25,12 +29,18 @@ pub struct Batch {
 }
 
 struct Stream {
-    values: Vec<String>,
-    entries: Vec<Entry>,
+    /// `label_text` ranges of the values, in `Labels::values` order.
+    values: [(u32, u32); 6],
+    len: u8,
+    /// The next stream whose labels have the same hash, or `NO_STREAM`.
+    next: u32,
 }
+
+const NO_STREAM: u32 = u32::MAX;
 
 #[derive(Clone, Copy)]
 struct Entry {
+    stream: u32,
     nanos: i64,
     start: usize,
     end: usize,
@@ -70,11 +80,11 @@ pub struct Sealed {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.entries.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.entries
+        self.entries.len()
     }
 
     /// The size the encoded body will roughly have.
@@ -85,37 +95,19 @@ impl Batch {
     /// Remembers that the occurrence `count` of the event with key `key` (`spool::uid_key`),
     /// whose line hashes to `hash`, is in this batch (for the journal, once the batch is safe).
     pub fn record(&mut self, key: u64, count: i64, hash: u64) {
-        use std::fmt::Write;
-        let _ = writeln!(self.records, "{key:016x} {count} {hash:016x}");
+        push_hex16(&mut self.records, key);
+        self.records.push(' ');
+        push_decimal(&mut self.records, count);
+        self.records.push(' ');
+        push_hex16(&mut self.records, hash);
+        self.records.push('\n');
         self.n_records += 1;
     }
 
     /// Adds one line (and its structured metadata, an encoded JSON object) to the stream of
     /// `labels`.
     pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: Line<'_>, metadata: Option<&str>) {
-        let h = labels_hash(&labels);
-        let slot = self.index.entry(h).or_default();
-        let existing = slot.iter().copied().find(|&i| {
-            let s = &self.streams[i];
-            s.values
-                .iter()
-                .map(String::as_str)
-                .eq(labels.values().iter().copied())
-        });
-        let idx = match existing {
-            Some(i) => i,
-            None => {
-                self.streams.push(Stream {
-                    values: labels.values().iter().map(|v| v.to_string()).collect(),
-                    entries: Vec::new(),
-                });
-                slot.push(self.streams.len() - 1);
-                // {"stream":{...},"values":[]}, job, the static labels and these
-                self.encoded_estimate +=
-                    128 + labels.values().iter().map(|v| v.len() + 16).sum::<usize>();
-                self.streams.len() - 1
-            }
-        };
+        let stream = self.stream_of(&labels);
         let start = self.arena.len();
         match line {
             Line::Plain(l) => crate::event::write_json_chars(l, &mut self.arena),
@@ -126,15 +118,49 @@ impl Batch {
             self.arena.push_str(m);
             self.encoded_estimate += m.len() + 1;
         }
-        self.streams[idx].entries.push(Entry {
+        self.entries.push(Entry {
+            stream,
             nanos,
             start,
             end: self.arena.len(),
             meta_start,
         });
-        self.entries += 1;
         // ["<19 digits>","<line>"],
         self.encoded_estimate += 28 + (meta_start - start);
+    }
+
+    /// The index of the stream with these labels, added if it is new.
+    fn stream_of(&mut self, labels: &Labels<'_>) -> u32 {
+        let h = labels_hash(labels);
+        let first = *self.index.get(&h).unwrap_or(&NO_STREAM);
+        let mut i = first;
+        while i != NO_STREAM {
+            let s = &self.streams[i as usize];
+            let same = s.values[..s.len as usize]
+                .iter()
+                .map(|&(a, b)| &self.label_text[a as usize..b as usize])
+                .eq(labels.values().iter().copied());
+            if same {
+                return i;
+            }
+            i = s.next;
+        }
+        let mut values = [(0u32, 0u32); 6];
+        for (slot, v) in values.iter_mut().zip(labels.values()) {
+            let a = self.label_text.len() as u32;
+            self.label_text.push_str(v);
+            *slot = (a, self.label_text.len() as u32);
+        }
+        let idx = self.streams.len() as u32;
+        self.streams.push(Stream {
+            values,
+            len: labels.values().len() as u8,
+            next: first,
+        });
+        self.index.insert(h, idx);
+        // {"stream":{...},"values":[]}, job, the static labels and these
+        self.encoded_estimate += 128 + labels.values().iter().map(|v| v.len() + 16).sum::<usize>();
+        idx
     }
 
     /// Encodes the batch as a Loki push body and empties it.
@@ -142,54 +168,67 @@ impl Batch {
         let mut out = String::with_capacity(self.encoded_estimate + 16);
         let mut oldest = i64::MAX;
         let mut newest = i64::MIN;
+        // Streams in the order they first appeared; each stream's entries by time, and in
+        // arrival order for the same time (the sort is stable).
+        self.entries.sort_by_key(|e| (e.stream, e.nanos));
         out.push_str("{\"streams\":[");
-        for (si, stream) in self.streams.iter_mut().enumerate() {
-            if si > 0 {
+        let mut current = NO_STREAM;
+        for e in &self.entries {
+            if e.stream != current {
+                if current != NO_STREAM {
+                    out.push_str("]},");
+                }
+                current = e.stream;
+                let stream = &self.streams[current as usize];
+                out.push_str("{\"stream\":{\"job\":");
+                write_json_str(&schema.job, &mut out);
+                for (k, v) in &schema.static_labels {
+                    label(&mut out, k, v);
+                }
+                for (k, &(a, b)) in schema
+                    .keys
+                    .iter()
+                    .zip(&stream.values[..stream.len as usize])
+                {
+                    label(&mut out, k, &self.label_text[a as usize..b as usize]);
+                }
+                out.push_str("},\"values\":[");
+            } else {
                 out.push(',');
             }
-            out.push_str("{\"stream\":{\"job\":");
-            write_json_str(&schema.job, &mut out);
-            for (k, v) in &schema.static_labels {
-                label(&mut out, k, v);
+            oldest = oldest.min(e.nanos);
+            newest = newest.max(e.nanos);
+            out.push_str("[\"");
+            push_decimal(&mut out, e.nanos);
+            out.push_str("\",\"");
+            out.push_str(&self.arena[e.start..e.meta_start]);
+            out.push('"');
+            if e.meta_start < e.end {
+                out.push(',');
+                out.push_str(&self.arena[e.meta_start..e.end]);
             }
-            for (k, v) in schema.keys.iter().zip(&stream.values) {
-                label(&mut out, k, v);
-            }
-            out.push_str("},\"values\":[");
-            // Stable: occurrences with the same time keep the order they arrived in.
-            stream.entries.sort_by_key(|e| e.nanos);
-            for (ei, e) in stream.entries.iter().enumerate() {
-                if ei > 0 {
-                    out.push(',');
-                }
-                oldest = oldest.min(e.nanos);
-                newest = newest.max(e.nanos);
-                out.push_str("[\"");
-                out.push_str(itoa(e.nanos).as_str());
-                out.push_str("\",\"");
-                out.push_str(&self.arena[e.start..e.meta_start]);
-                out.push('"');
-                if e.meta_start < e.end {
-                    out.push(',');
-                    out.push_str(&self.arena[e.meta_start..e.end]);
-                }
-                out.push(']');
-            }
+            out.push(']');
+        }
+        if current != NO_STREAM {
             out.push_str("]}");
         }
         out.push_str("]}");
         let sealed = Sealed {
             body: out.into_bytes(),
-            entries: self.entries,
-            records: std::mem::take(&mut self.records),
+            entries: self.entries.len(),
+            records: {
+                let cap = self.records.len();
+                std::mem::replace(&mut self.records, String::with_capacity(cap))
+            },
             n_records: std::mem::replace(&mut self.n_records, 0),
             oldest,
             newest,
         };
         self.streams.clear();
+        self.label_text.clear();
         self.index.clear();
+        self.entries.clear();
         self.arena.clear();
-        self.entries = 0;
         self.encoded_estimate = 0;
         sealed
     }
@@ -206,9 +245,34 @@ fn label(out: &mut String, key: &str, value: &str) {
     write_json_str(value, out);
 }
 
-fn itoa(v: i64) -> String {
-    // Timestamps only; one small allocation per entry at seal time is not on the event path.
-    v.to_string()
+/// Appends `v` in decimal without the `fmt` machinery (a timestamp per entry).
+fn push_decimal(out: &mut String, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Appends `v` as 16 lowercase hex digits (the journal's keys and hashes).
+fn push_hex16(out: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = DIGITS[(v >> (60 - 4 * i)) as usize & 15];
+    }
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 fn labels_hash(l: &Labels<'_>) -> u64 {
@@ -303,6 +367,66 @@ mod tests {
             body,
             r#"{"streams":[{"stream":{"job":"events","reason":"BackOff"},"values":[["1","line",{"event_uid":"u"}],["2","plain"]]}]}"#
         );
+    }
+
+    #[test]
+    fn journal_records_and_timestamps_are_written_as_fmt_would() {
+        let mut b = Batch::default();
+        let cases = [
+            (0u64, 1i64, 0u64),
+            (u64::MAX, i64::MAX, 0x0123_4567_89ab_cdef),
+            (0xdead_beef, -5, u64::MAX),
+            (42, 0, 7),
+        ];
+        let mut want = String::new();
+        for (k, c, h) in cases {
+            b.record(k, c, h);
+            want.push_str(&format!("{k:016x} {c} {h:016x}\n"));
+        }
+        assert_eq!(b.records, want);
+        for v in [0, 9, 10, -1, i64::MIN, i64::MAX, 1_795_635_633_123_456_789] {
+            let mut out = String::new();
+            push_decimal(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
+
+    #[test]
+    fn streams_with_the_same_label_hash_stay_apart() {
+        // Force every stream into one hash chain: the labels still decide.
+        let mut b = Batch::default();
+        let l1 = labels("a", "Pod", "Warning");
+        let l2 = labels("b", "Pod", "Warning");
+        let s1 = b.stream_of(&l1);
+        b.index.insert(labels_hash(&l2), s1);
+        let s2 = b.stream_of(&l2);
+        assert_ne!(s1, s2);
+        assert_eq!(b.stream_of(&l1), s1);
+        assert_eq!(b.stream_of(&l2), s2);
+        assert_eq!(b.streams[s2 as usize].next, s1);
+    }
+
+    #[test]
+    fn a_batch_reused_after_seal_encodes_the_same() {
+        let mut b = Batch::default();
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            b.push(labels("a", "Pod", "Warning"), 2, Line::Plain("x"), None);
+            b.push(labels("b", "Pod", "Normal"), 1, Line::Plain("y"), None);
+            b.push(labels("a", "Pod", "Warning"), 1, Line::Plain("z"), None);
+            b.record(1, 1, 1);
+            let sealed = b.seal(&schema(vec![]));
+            assert_eq!(sealed.n_records, 1);
+            bodies.push(String::from_utf8(sealed.body).unwrap());
+        }
+        assert_eq!(bodies[0], bodies[1]);
+        assert_eq!(bodies[1], bodies[2]);
+        assert_eq!(
+            bodies[0],
+            r#"{"streams":[{"stream":{"job":"kube-event","namespace":"a","kind":"Pod","type":"Warning"},"values":[["1","z"],["2","x"]]},{"stream":{"job":"kube-event","namespace":"b","kind":"Pod","type":"Normal"},"values":[["1","y"]]}]}"#
+        );
+        // An empty batch is a valid (empty) body.
+        assert_eq!(b.seal(&schema(vec![])).body, br#"{"streams":[]}"#);
     }
 
     #[test]
