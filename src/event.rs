@@ -318,7 +318,7 @@ impl<'a> Event<'a> {
     /// `… [kube-event: N bytes cut]`; returns whether that happened.
     pub fn write_line(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
         let msg = s(&self.message);
-        self.render(occ, msg, 0, out, Escape::Plain);
+        self.render::<false>(occ, msg, 0, out);
         if out.len() <= max || msg.is_empty() {
             return false;
         }
@@ -326,7 +326,7 @@ impl<'a> Event<'a> {
         let others = out.len() - escaped_len(msg);
         let marker = "… [kube-event: ".len() + 20 + " bytes cut]".len();
         let keep = prefix_fitting(msg, max.saturating_sub(others + marker), escaped_len);
-        self.render(occ, &msg[..keep], msg.len() - keep, out, Escape::Plain);
+        self.render::<false>(occ, &msg[..keep], msg.len() - keep, out);
         true
     }
 
@@ -334,31 +334,16 @@ impl<'a> Event<'a> {
     /// (inside a JSON string). Written in one pass, so the batch only copies it. Returns
     /// whether the message was cut to keep the (unescaped) line within `max` bytes.
     pub fn write_line_nested(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
-        // Escaping makes a byte at most 6; the keys add under 200 bytes. Below that bound the
-        // line cannot reach `max`, and there is nothing to measure.
-        let values = [
-            occ.time,
-            s(&self.type_),
-            s(&self.reason),
-            s(&self.metadata.namespace),
-            s(&self.involved_object.kind),
-            s(&self.involved_object.name),
-            s(&self.involved_object.field_path),
-            s(&self.message),
-            s(&self.first_timestamp),
-            s(&self.event_time),
-            s(&self.source.component),
-            s(&self.source.host),
-            s(&self.reporting_component),
-            s(&self.reporting_instance),
-            s(&self.metadata.uid),
-            s(&self.metadata.name),
-            s(&self.involved_object.uid),
-        ];
-        let raw: usize = values.iter().map(|v| v.len()).sum();
-        if raw * 6 + 512 <= max {
-            self.render(occ, s(&self.message), 0, out, Escape::Nested);
-            return false;
+        // Escaping once more never shortens a byte, so a nested line within `max` means the
+        // plain line is within it too: nothing to cut, and the line is the one rendered.
+        // A message that could not fit escaped (a byte of it can become 7) goes straight to
+        // the cut, so a huge event does not grow `out` for a line that is thrown away.
+        let msg = s(&self.message);
+        if msg.len() <= max / 8 {
+            self.render::<true>(occ, msg, 0, out);
+            if out.len() <= max {
+                return false;
+            }
         }
         let mut plain = String::new();
         let cut = self.write_line(occ, &mut plain, max);
@@ -367,14 +352,14 @@ impl<'a> Event<'a> {
         cut
     }
 
-    /// The line with `message` in place of the event's, and a cut marker when `cut > 0`.
-    fn render(
+    /// The line with `message` in place of the event's, and a cut marker when `cut > 0`;
+    /// escaped once more when `NESTED`.
+    fn render<const NESTED: bool>(
         &self,
         occ: &Occurrence<'_>,
         message: &str,
         cut: usize,
         out: &mut String,
-        esc: Escape,
     ) {
         let (component, host) = match non_empty(&self.source.component) {
             Some(c) => (c, s(&self.source.host)),
@@ -384,95 +369,76 @@ impl<'a> Event<'a> {
             .or(non_empty(&self.event_time))
             .unwrap_or("");
         out.clear();
-        out.push('{');
-        // `time` is never empty (occurrence() found one): it is first, every later key gets
-        // a comma.
-        put(out, esc, false, "time", occ.time);
-        put(out, esc, true, "type", s(&self.type_));
-        put(out, esc, true, "reason", s(&self.reason));
-        put(out, esc, true, "namespace", s(&self.metadata.namespace));
-        put(out, esc, true, "kind", s(&self.involved_object.kind));
-        put(out, esc, true, "name", s(&self.involved_object.name));
-        put(
+        // `time` is never empty (occurrence() found one): it is first, every later member
+        // starts with a comma.
+        if occ.time.is_empty() {
+            out.push('{');
+        } else {
+            put::<NESTED>(out, &member!("{", "time"), occ.time);
+        }
+        put::<NESTED>(out, &member!("type"), s(&self.type_));
+        put::<NESTED>(out, &member!("reason"), s(&self.reason));
+        put::<NESTED>(out, &member!("namespace"), s(&self.metadata.namespace));
+        put::<NESTED>(out, &member!("kind"), s(&self.involved_object.kind));
+        put::<NESTED>(out, &member!("name"), s(&self.involved_object.name));
+        put::<NESTED>(
             out,
-            esc,
-            true,
-            "field_path",
+            &member!("field_path"),
             s(&self.involved_object.field_path),
         );
         if cut == 0 {
-            put(out, esc, true, "message", message);
+            put::<NESTED>(out, &member!("message"), message);
         } else {
-            out.push(',');
-            esc.quoted(out, "message");
-            out.push(':');
-            esc.quote(out);
-            esc.chars(message, out);
+            out.push_str(member!("message")[NESTED as usize]);
+            write_escaped::<NESTED>(message, out);
             out.push_str("… [kube-event: ");
-            out.push_str(itoa_buf(cut as i64).as_str());
+            push_int(out, cut as i64);
             out.push_str(" bytes cut]");
-            esc.quote(out);
+            quote::<NESTED>(out);
         }
-        out.push(',');
-        esc.quoted(out, "count");
-        out.push(':');
-        out.push_str(itoa_buf(occ.count).as_str());
-        put(out, esc, true, "first_seen", first_seen);
-        put(out, esc, true, "component", component);
-        put(out, esc, true, "host", host);
-        put(out, esc, true, "event_uid", s(&self.metadata.uid));
-        put(out, esc, true, "event_name", s(&self.metadata.name));
-        put(out, esc, true, "object_uid", s(&self.involved_object.uid));
+        out.push_str([",\"count\":", ",\\\"count\\\":"][NESTED as usize]);
+        push_int(out, occ.count);
+        put::<NESTED>(out, &member!("first_seen"), first_seen);
+        put::<NESTED>(out, &member!("component"), component);
+        put::<NESTED>(out, &member!("host"), host);
+        put::<NESTED>(out, &member!("event_uid"), s(&self.metadata.uid));
+        put::<NESTED>(out, &member!("event_name"), s(&self.metadata.name));
+        put::<NESTED>(out, &member!("object_uid"), s(&self.involved_object.uid));
         out.push('}');
     }
 }
 
-/// How a line is written: as JSON, or escaped once more to sit inside a JSON string.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Escape {
-    Plain,
-    Nested,
+/// The start of a string member, `,"key":"`, as a plain line has it (`[0]`) and as a nested
+/// one does (`[1]`, `,\"key\":\"`): one `push_str` instead of six pushes. Keys are ASCII
+/// letters and `_`, never escaped. `member!("{", key)` starts the object instead.
+macro_rules! member {
+    ($key:literal) => {
+        member!(",", $key)
+    };
+    ($before:literal, $key:literal) => {
+        [
+            concat!($before, "\"", $key, "\":\""),
+            concat!($before, "\\\"", $key, "\\\":\\\""),
+        ]
+    };
+}
+use member;
+
+/// A closing quote, `"` or `\"`: a `push_str` of a constant length, which the compiler
+/// writes inline (a tiny `push_str` of a length known only at run time is a memcpy call,
+/// and musl's memcpy is slow for a byte or two: it showed in the profile of the static build).
+#[inline(always)]
+fn quote<const NESTED: bool>(out: &mut String) {
+    out.push_str(if NESTED { "\\\"" } else { "\"" });
 }
 
-impl Escape {
-    // Single chars, not `push_str`: a tiny `push_str` is a memcpy call, and musl's memcpy is
-    // slow for a byte or two (it showed in the profile of the static build).
-    #[inline]
-    fn quote(self, out: &mut String) {
-        if self == Escape::Nested {
-            out.push('\\');
-        }
-        out.push('"');
-    }
-
-    /// A key: ASCII letters and `_`, never escaped.
-    fn quoted(self, out: &mut String, key: &str) {
-        self.quote(out);
-        out.push_str(key);
-        self.quote(out);
-    }
-
-    fn chars(self, v: &str, out: &mut String) {
-        match self {
-            Escape::Plain => write_json_chars(v, out),
-            Escape::Nested => write_json_chars_nested(v, out),
-        }
-    }
-}
-
-/// Appends `key` and `value` as a JSON member (after a comma if `comma`), unless `value` is
-/// empty.
-#[inline]
-fn put(out: &mut String, esc: Escape, comma: bool, key: &str, value: &str) {
+/// Appends the string member `member` (`member!`) with `value`, unless `value` is empty.
+#[inline(always)]
+fn put<const NESTED: bool>(out: &mut String, member: &[&str; 2], value: &str) {
     if !value.is_empty() {
-        if comma {
-            out.push(',');
-        }
-        esc.quoted(out, key);
-        out.push(':');
-        esc.quote(out);
-        esc.chars(value, out);
-        esc.quote(out);
+        out.push_str(member[NESTED as usize]);
+        write_escaped::<NESTED>(value, out);
+        quote::<NESTED>(out);
     }
 }
 
@@ -514,19 +480,8 @@ impl<'e> Labels<'e> {
     }
 }
 
-/// A small stack buffer for an integer, so the hot path does not allocate for `count`.
-struct ItoaBuf {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl ItoaBuf {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
-    }
-}
-
-fn itoa_buf(v: i64) -> ItoaBuf {
+/// Appends `v` in decimal, digit by digit: no `fmt` machinery on the event path.
+fn push_int(out: &mut String, v: i64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = v.unsigned_abs();
@@ -539,10 +494,11 @@ fn itoa_buf(v: i64) -> ItoaBuf {
         }
     }
     if v < 0 {
-        i -= 1;
-        buf[i] = b'-';
+        out.push('-');
     }
-    ItoaBuf { buf, start: i }
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The length of the longest prefix of `msg` (in bytes, on a char boundary) whose escaped
@@ -580,49 +536,125 @@ pub fn write_json_str(v: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Appends `v` escaped twice: as `write_json_chars` would, and that escaped again, for a JSON
-/// document that sits inside a JSON string.
-fn write_json_chars_nested(v: &str, out: &mut String) {
-    write_escaped::<true>(v, out)
-}
-
 /// Appends `v` escaped for the inside of a JSON string literal.
 pub fn write_json_chars(v: &str, out: &mut String) {
     write_escaped::<false>(v, out)
 }
 
-/// The escaping loop of both: runs of plain bytes are copied whole.
-#[inline]
+/// Appends `v` escaped for the inside of a JSON string literal, or (`NESTED`) escaped twice:
+/// that escaped again, for a JSON document that sits inside a JSON string. Runs of bytes that
+/// need no escaping are found 8 at a time and copied whole.
+///
+/// Byte-wise on `str`: every byte JSON escapes (`"`, `\`, below 0x20) is ASCII, and no byte
+/// of a multi-byte UTF-8 character is ASCII, so every cut falls on a char boundary.
+#[inline(always)]
 fn write_escaped<const NESTED: bool>(v: &str, out: &mut String) {
     let bytes = v.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match (b, NESTED) {
-            (b'"', false) => "\\\"",
-            (b'\\', false) => "\\\\",
-            (b'\n', false) => "\\n",
-            (b'\r', false) => "\\r",
-            (b'\t', false) => "\\t",
-            (b'"', true) => "\\\\\\\"",
-            (b'\\', true) => "\\\\\\\\",
-            (b'\n', true) => "\\\\n",
-            (b'\r', true) => "\\\\r",
-            (b'\t', true) => "\\\\t",
-            (0..=0x1f, _) => "",
-            _ => continue,
-        };
-        out.push_str(&v[start..i]);
-        if esc.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str(if NESTED { "\\\\u00" } else { "\\u00" });
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
-        } else {
-            out.push_str(esc);
+    loop {
+        let i = find_escape(bytes, start);
+        if i == bytes.len() {
+            break;
         }
+        out.push_str(&v[start..i]);
+        push_escape::<NESTED>(bytes[i], out);
         start = i + 1;
     }
-    out.push_str(&v[start..]);
+    if start < bytes.len() {
+        out.push_str(&v[start..]);
+    }
+}
+
+/// Appends the escaped form of `b`, a byte that JSON escapes.
+#[cold]
+fn push_escape<const NESTED: bool>(b: u8, out: &mut String) {
+    let esc: &str = match (b, NESTED) {
+        (b'"', false) => "\\\"",
+        (b'\\', false) => "\\\\",
+        (b'\n', false) => "\\n",
+        (b'\r', false) => "\\r",
+        (b'\t', false) => "\\t",
+        (b'"', true) => "\\\\\\\"",
+        (b'\\', true) => "\\\\\\\\",
+        (b'\n', true) => "\\\\n",
+        (b'\r', true) => "\\\\r",
+        (b'\t', true) => "\\\\t",
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str(if NESTED { "\\\\u00" } else { "\\u00" });
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            return;
+        }
+    };
+    out.push_str(esc);
+}
+
+/// Whether JSON escapes the byte (`"`, `\`, the control characters below 0x20).
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// The index of the first byte at or after `from` that JSON escapes, or `bytes.len()`.
+#[inline(always)]
+fn find_escape(bytes: &[u8], from: usize) -> usize {
+    let n = bytes.len();
+    let mut i = from;
+    while let Some(w) = bytes.get(i..i + 8) {
+        let m = escape_mask(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        if m != 0 {
+            // The lowest flag is a true one (see `escape_mask`).
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    if i == n {
+        return n;
+    }
+    // Fewer than 8 bytes left: one word that covers them (and maybe bytes before `i`, some
+    // already escaped) says whether any needs a look; most often none does.
+    let look = if n >= 8 {
+        escape_mask(u64::from_le_bytes(
+            bytes[n - 8..].try_into().unwrap_or([0; 8]),
+        )) != 0
+    } else if n - i >= 4 {
+        let lo = u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap_or([0; 4]));
+        let hi = u32::from_le_bytes(bytes[n - 4..].try_into().unwrap_or([0; 4]));
+        escape_mask(u64::from(lo) | (u64::from(hi) << 32)) != 0
+    } else {
+        true
+    };
+    if !look {
+        return n;
+    }
+    while i < n && !NEEDS_ESCAPE[usize::from(bytes[i])] {
+        i += 1;
+    }
+    i
+}
+
+/// The high bit of each byte of `w` that JSON escapes (little-endian: byte 0 is the lowest),
+/// and possibly of bytes above such a byte: a subtraction borrows into the next byte only
+/// from a byte that matched. So the mask is 0 exactly when no byte needs escaping, and its
+/// lowest flag is always a true one.
+#[inline(always)]
+fn escape_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // A byte below 0x20 goes below 0 minus 0x20; a quote or backslash goes to 0 after the
+    // xor, then below 0 minus 1. The xors keep the high bit, so `!w` drops bytes >= 0x80
+    // (UTF-8 beyond ASCII) for all three.
+    let control = w.wrapping_sub(ONES * 0x20);
+    let quote = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    (control | quote | backslash) & !w & (ONES * 0x80)
 }
 
 #[cfg(test)]
@@ -785,10 +817,191 @@ mod tests {
         assert_eq!(out, "\"a\\u0001b\\\"c\\\\d\u{7f}é\"");
     }
 
+    /// The oracle: escaping as JSON defines it, one char at a time.
+    fn reference_escape(v: &str) -> String {
+        let mut out = String::new();
+        for c in v.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The oracle of `prefix_fitting(msg, budget, escaped_len)`.
+    fn reference_prefix(msg: &str, budget: usize) -> usize {
+        let mut keep = 0;
+        for (i, c) in msg.char_indices() {
+            let end = i + c.len_utf8();
+            if reference_escape(&msg[..end]).len() > budget {
+                break;
+            }
+            keep = end;
+        }
+        keep
+    }
+
+    /// Strings with escapes and multi-byte characters at every position around the 8-byte
+    /// words the fast path reads, plus a few fixed ones.
+    fn tricky_strings() -> Vec<String> {
+        let specials: Vec<String> = (0u8..0x20)
+            .map(|b| char::from(b).to_string())
+            .chain(
+                [
+                    "\"", "\\", "é", "😀", "\u{2028}", "\u{7f}", " ", "!", "#", "[", "]",
+                ]
+                .map(String::from),
+            )
+            .collect();
+        let mut all = vec![
+            String::new(),
+            "\"".into(),
+            "\\".into(),
+            "\"\\\"".into(),
+            (0u8..0x20).map(char::from).collect(),
+            "é\"😀\\\u{2028}\n".into(),
+            "\u{2028}\u{2028}\"\u{2028}".into(),
+            "a\u{0}\u{20}b".into(),
+            "\"\"\"\"\"\"\"\"\"".into(),
+        ];
+        for len in 1..=24 {
+            for pos in 0..len {
+                for sp in &specials {
+                    let mut v = "x".repeat(pos);
+                    v.push_str(sp);
+                    v.push_str(&"y".repeat(len - pos - 1));
+                    all.push(v);
+                }
+            }
+        }
+        // Two escapes, the second right after or near the first (the borrow of one byte's
+        // test must not flag its neighbour), and escapes next to multi-byte characters.
+        for gap in 0..10 {
+            for (a, b) in [
+                ("\u{0}", " "),
+                ("\"", "#"),
+                ("\\", "]"),
+                ("\n", "\\"),
+                ("é", "\""),
+                ("\"", "😀"),
+                ("\u{1f}", "\u{2028}"),
+            ] {
+                for lead in [0, 5, 7, 8, 9, 15, 16] {
+                    all.push(format!(
+                        "{}{a}{}{b}{}",
+                        "-".repeat(lead),
+                        "z".repeat(gap),
+                        "q".repeat(gap % 4)
+                    ));
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn fast_escaping_matches_the_reference_plain_and_nested() {
+        for v in tricky_strings() {
+            let want = reference_escape(&v);
+            let mut out = String::from("<");
+            write_json_chars(&v, &mut out);
+            assert_eq!(out, format!("<{want}"), "{v:?}");
+            let mut out = String::from("<");
+            write_escaped::<true>(&v, &mut out);
+            assert_eq!(out, format!("<{}", reference_escape(&want)), "nested {v:?}");
+            assert_eq!(escaped_len(&v), want.len(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn find_escape_finds_the_first_escape_from_any_start() {
+        // Raw bytes, not only UTF-8: every byte value at every position of short and
+        // word-sized buffers, after a byte that needs escaping or not.
+        for len in 1..=20usize {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    for before in [b'a', 0, b'"', 0xff] {
+                        let mut bytes = vec![b'a'; len];
+                        if pos > 0 {
+                            bytes[pos - 1] = before;
+                        }
+                        bytes[pos] = b;
+                        for from in 0..=len {
+                            let want = (from..len)
+                                .find(|&i| matches!(bytes[i], 0..=0x1f | b'"' | b'\\'))
+                                .unwrap_or(len);
+                            assert_eq!(find_escape(&bytes, from), want, "{bytes:?} from {from}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_fitting_matches_the_reference() {
+        for v in tricky_strings().iter().step_by(7) {
+            let full = reference_escape(v).len();
+            for budget in 0..=full + 1 {
+                assert_eq!(
+                    prefix_fitting(v, budget, escaped_len),
+                    reference_prefix(v, budget),
+                    "{v:?} within {budget}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cut_lines_are_the_reference_lines_escaped_once_more() {
+        let base = r#"{"metadata":{"uid":"u","name":"n\"x"},"lastTimestamp":"2026-01-01T00:00:00Z","reason":"R","involvedObject":{"kind":"Pod","name":"p\\q"}}"#;
+        for msg in [
+            "é\"😀\\\u{2028}\n\u{1}".repeat(40),
+            "abcdefg\"".repeat(60),
+            "\u{0}".repeat(100),
+        ] {
+            let mut ev: Event = serde_json::from_str(base).unwrap();
+            ev.message = Some(Text(Cow::Borrowed(&msg)));
+            let occ = ev.occurrence().unwrap();
+            let (mut plain, mut nested) = (String::new(), String::new());
+            for max in [0, 100, 150, 200, 250, 300, 333, 400, 512, 700, 1000, 4096] {
+                let cut = ev.write_line(&occ, &mut plain, max);
+                assert_eq!(ev.write_line_nested(&occ, &mut nested, max), cut, "{max}");
+                assert_eq!(nested, reference_escape(&plain), "{max}");
+                let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+                let m = v["message"].as_str().unwrap();
+                if cut {
+                    let kept = m.find("… [kube-event: ").unwrap();
+                    assert!(msg.starts_with(&m[..kept]), "{max}");
+                    assert!(plain.len() <= max || kept == 0, "{max}: {}", plain.len());
+                    // The longest prefix whose escaped form fits beside the other members
+                    // and a marker with room for 20 digits.
+                    let mut full = String::new();
+                    assert!(!ev.write_line(&occ, &mut full, usize::MAX));
+                    let others = full.len() - reference_escape(&msg).len();
+                    let marker = "… [kube-event: ".len() + 20 + " bytes cut]".len();
+                    let budget = max.saturating_sub(others + marker);
+                    assert_eq!(kept, reference_prefix(&msg, budget), "{max}");
+                } else {
+                    assert_eq!(m, msg, "{max}");
+                    assert!(plain.len() <= max, "{max}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn integers_format_without_allocating() {
         for v in [0i64, 1, 9, 10, 12345, -7, i64::MAX, i64::MIN] {
-            assert_eq!(itoa_buf(v).as_str(), v.to_string());
+            let mut out = String::from("x");
+            push_int(&mut out, v);
+            assert_eq!(out, format!("x{v}"));
         }
     }
 }
