@@ -1297,18 +1297,10 @@ fn stage_offer(frames: &[&[u8]]) -> Vec<Vec<u8>> {
     bodies
 }
 
-/// The pusher's compression of the bodies; returns the compressed size.
+/// The pusher's compression of the bodies (one reused gzip state, as the pusher keeps);
+/// returns the compressed size.
 #[inline(never)]
 fn stage_gzip(bodies: &[Vec<u8>], level: u32) -> usize {
-    bodies
-        .iter()
-        .map(|b| {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(b.len() / 6 + 64),
-                flate2::Compression::new(level),
-            );
-            enc.write_all(b).expect("write to a Vec");
-            enc.finish().expect("gzip").len()
-        })
-        .sum()
+    let mut z = kube_event::loki::Gzip::with_level(level);
+    bodies.iter().map(|b| z.compress(b).len()).sum()
 }

@@ -163,9 +163,13 @@ impl Batch {
         idx
     }
 
-    /// Encodes the batch as a Loki push body and empties it.
-    pub fn seal(&mut self, schema: &Schema) -> Sealed {
-        let mut out = String::with_capacity(self.encoded_estimate + 16);
+    /// Encodes the batch as a Loki push body, into `buf` (a spare one, or empty), and
+    /// empties it.
+    pub fn seal(&mut self, schema: &Schema, mut buf: Vec<u8>) -> Sealed {
+        buf.clear();
+        buf.reserve(self.encoded_estimate + 16);
+        // An empty Vec is valid UTF-8.
+        let mut out = String::from_utf8(buf).unwrap_or_default();
         let mut oldest = i64::MAX;
         let mut newest = i64::MIN;
         // Streams in the order they first appeared; each stream's entries by time, and in
@@ -330,7 +334,7 @@ mod tests {
         );
         assert_eq!(b.len(), 5);
         let statics = vec![("cluster".to_string(), "prod".to_string())];
-        let sealed = b.seal(&schema(statics));
+        let sealed = b.seal(&schema(statics), Vec::new());
         let body = String::from_utf8(sealed.body).unwrap();
         assert_eq!(
             body,
@@ -362,7 +366,7 @@ mod tests {
             static_labels: vec![],
             keys: vec!["reason".into()],
         };
-        let body = String::from_utf8(b.seal(&s).body).unwrap();
+        let body = String::from_utf8(b.seal(&s, Vec::new()).body).unwrap();
         assert_eq!(
             body,
             r#"{"streams":[{"stream":{"job":"events","reason":"BackOff"},"values":[["1","line",{"event_uid":"u"}],["2","plain"]]}]}"#
@@ -415,7 +419,7 @@ mod tests {
             b.push(labels("b", "Pod", "Normal"), 1, Line::Plain("y"), None);
             b.push(labels("a", "Pod", "Warning"), 1, Line::Plain("z"), None);
             b.record(1, 1, 1);
-            let sealed = b.seal(&schema(vec![]));
+            let sealed = b.seal(&schema(vec![]), Vec::new());
             assert_eq!(sealed.n_records, 1);
             bodies.push(String::from_utf8(sealed.body).unwrap());
         }
@@ -426,7 +430,10 @@ mod tests {
             r#"{"streams":[{"stream":{"job":"kube-event","namespace":"a","kind":"Pod","type":"Warning"},"values":[["1","z"],["2","x"]]},{"stream":{"job":"kube-event","namespace":"b","kind":"Pod","type":"Normal"},"values":[["1","y"]]}]}"#
         );
         // An empty batch is a valid (empty) body.
-        assert_eq!(b.seal(&schema(vec![])).body, br#"{"streams":[]}"#);
+        assert_eq!(
+            b.seal(&schema(vec![]), Vec::new()).body,
+            br#"{"streams":[]}"#
+        );
     }
 
     #[test]
@@ -443,7 +450,7 @@ mod tests {
             );
         }
         let est = b.encoded_size();
-        let real = b.seal(&schema(vec![])).body.len();
+        let real = b.seal(&schema(vec![]), Vec::new()).body.len();
         assert!(
             est >= real && est < real + real / 4,
             "estimate {est}, real {real}"

@@ -169,8 +169,11 @@ impl Pusher {
                 let keep = self.cached + sealed.body.len() <= CACHE_MAX;
                 if keep {
                     self.cached += sealed.body.len();
+                    (true, Some(sealed.body), bytes)
+                } else {
+                    self.queue.recycle(Some(sealed.body));
+                    (true, None, bytes)
                 }
-                (true, keep.then_some(sealed.body), bytes)
             }
             Err(e) => {
                 Stats::add(&self.stats.spool_write_errors, 1);
@@ -284,10 +287,12 @@ impl Pusher {
             }
         }
         let head = &self.backlog[0];
-        let mut body = match &head.body {
-            Some(b) => b.clone(),
+        // The body comes from the item (kept in memory), else from the spool; `own` also
+        // holds a re-stamped body.
+        let mut own: Option<Vec<u8>> = match &head.body {
+            Some(_) => None,
             None => match self.store.read_batch(seq) {
-                Ok(b) => b,
+                Ok(b) => Some(b),
                 Err(e) => {
                     let to = self.store.set_aside(seq);
                     error!(
@@ -302,10 +307,13 @@ impl Pusher {
         };
         let entries = head.entries;
         let mut fixes = 0;
-        let mut wire = self.client.encode(&body);
         loop {
             let started = Instant::now();
-            let outcome = self.client.push(&wire);
+            let body: &[u8] = match (&own, &self.backlog[0].body) {
+                (Some(b), _) | (None, Some(b)) => b,
+                (None, None) => &[],
+            };
+            let outcome = self.client.push(body);
             let took = started.elapsed();
             match &outcome {
                 Outcome::Accepted { status } => self.stats.push_attempt(0, Some(*status), took),
@@ -328,6 +336,7 @@ impl Pusher {
                         body.len()
                     );
                     self.done(seq);
+                    self.queue.recycle(own);
                     return true;
                 }
                 Outcome::Reject {
@@ -336,7 +345,7 @@ impl Pusher {
                 } => {
                     if fixes < MAX_FIXES {
                         if let Some((fixed, moved)) =
-                            loki::oldest_acceptable(&answer).and_then(|t| loki::restamp(&body, t))
+                            loki::oldest_acceptable(&answer).and_then(|t| loki::restamp(body, t))
                         {
                             fixes += 1;
                             Stats::add(&self.stats.restamped, moved as u64);
@@ -346,8 +355,7 @@ impl Pusher {
                                  (their lines keep the real time) and pushing again",
                                 loki::shorten(&answer, 300)
                             );
-                            body = fixed;
-                            wire = self.client.encode(&body);
+                            own = Some(fixed);
                             continue;
                         }
                     }
@@ -359,12 +367,13 @@ impl Pusher {
                              kube-event.conf"
                         );
                     }
-                    let kept = self.store.keep_rejected(seq, &body, status, &answer);
+                    let kept = self.store.keep_rejected(seq, body, status, &answer);
                     error!(
                         "Loki rejected batch {seq} ({entries} entries) with {status}: {}; {kept}",
                         loki::shorten(&answer, 1000)
                     );
                     self.done(seq);
+                    self.queue.recycle(own);
                     return true;
                 }
                 Outcome::Retry {
@@ -410,9 +419,10 @@ impl Pusher {
 
     /// The batch at the head is handled (pushed, rejected, or unreadable).
     fn done(&mut self, seq: u64) {
-        if let Some(item) = self.backlog.pop_front() {
+        if let Some(mut item) = self.backlog.pop_front() {
             debug_assert_eq!(item.seq, seq);
             self.forget_item(&item);
+            self.queue.recycle(item.body.take());
         }
         self.mark_safe(seq);
         self.publish_spool();

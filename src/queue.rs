@@ -34,7 +34,13 @@ struct State {
     rv: String,
     /// Set at shutdown: seal everything now; the pusher gives up at this instant.
     closing: Option<Instant>,
+    /// Push bodies the pusher is done with, to seal the next batches into.
+    spare: Vec<Vec<u8>>,
 }
+
+/// How many spare body buffers are kept (each up to `BATCH_MAX_BYTES`): the one being filled
+/// and the one being pushed, with room for one more.
+const SPARE_MAX: usize = 3;
 
 /// The resume points of several scopes as one string for the journal: a plain
 /// resourceVersion for the cluster-wide scope alone (what every version of the journal holds),
@@ -81,6 +87,7 @@ impl Queue {
                 rvs: decode_resume(&rv),
                 rv,
                 closing: None,
+                spare: Vec::new(),
             }),
             cv: Condvar::new(),
             interval,
@@ -108,7 +115,8 @@ impl Queue {
             Line::Plain(l) | Line::Nested(l) => l.len(),
         };
         if !st.open.is_empty() && st.open.encoded_size() + len + 64 > self.max_bytes {
-            let sealed = st.open.seal(&self.schema);
+            let buf = st.spare.pop().unwrap_or_default();
+            let sealed = st.open.seal(&self.schema, buf);
             let rv = st.rv.clone();
             st.sealed.push_back((sealed, rv));
             st.opened_at = None;
@@ -149,6 +157,20 @@ impl Queue {
         st.open.len() + st.sealed.iter().map(|(b, _)| b.entries).sum::<usize>()
     }
 
+    /// Gives back a push body the pusher is done with: the next batch is sealed into it, so
+    /// a steady stream of batches reuses the same memory instead of mapping (and faulting in)
+    /// a fresh megabyte for each one.
+    pub fn recycle(&self, body: Option<Vec<u8>>) {
+        let Some(mut body) = body else {
+            return;
+        };
+        let mut st = self.lock();
+        if st.spare.len() < SPARE_MAX && body.capacity() <= self.max_bytes.saturating_mul(2) {
+            body.clear();
+            st.spare.push(body);
+        }
+    }
+
     /// Starts the final flush: everything is sealed at once, and the pusher gives up at
     /// `deadline`.
     pub fn close(&self, deadline: Instant) {
@@ -166,7 +188,8 @@ impl Queue {
         let now = Instant::now();
         let due = st.opened_at.map(|t| t + self.interval);
         if !st.open.is_empty() && (st.closing.is_some() || due.is_some_and(|d| d <= now)) {
-            let sealed = st.open.seal(&self.schema);
+            let buf = st.spare.pop().unwrap_or_default();
+            let sealed = st.open.seal(&self.schema, buf);
             let rv = st.rv.clone();
             st.sealed.push_back((sealed, rv));
             st.opened_at = None;

@@ -19,9 +19,9 @@ use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::event::List;
-use crate::scan;
 use crate::filter::Scope;
 use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
+use crate::scan;
 use crate::ship::{head, OutputClosed, Shipper};
 use crate::shutdown::Shutdown;
 use crate::stats::{
