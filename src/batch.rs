@@ -87,6 +87,16 @@ impl Batch {
         self.entries.len()
     }
 
+    /// Gives back the capacity the buffers do not use.
+    pub fn shrink(&mut self) {
+        self.streams.shrink_to_fit();
+        self.label_text.shrink_to_fit();
+        self.index.shrink_to_fit();
+        self.entries.shrink_to_fit();
+        self.arena.shrink_to_fit();
+        self.records.shrink_to_fit();
+    }
+
     /// The size the encoded body will roughly have.
     pub fn encoded_size(&self) -> usize {
         self.encoded_estimate

@@ -192,6 +192,11 @@ impl Client {
         &self.url
     }
 
+    /// Releases the compressed-body buffer (idle).
+    pub fn trim(&mut self) {
+        self.zip.out = Vec::new();
+    }
+
     /// Whether push bodies are gzipped (`LOKI_COMPRESSION`; on by default).
     pub fn set_gzip(&mut self, on: bool) {
         self.gzip = on;

@@ -19,7 +19,12 @@ use crate::stats::Stats;
 use crate::time::format_rfc3339;
 
 /// The most memory spooled batches' bodies may keep, to be pushed without reading the spool.
-const CACHE_MAX: usize = 4 << 20;
+/// Two default batches: when Loki is slower than the watcher, later batches are read back
+/// from the spool (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
+const CACHE_MAX: usize = 2 << 20;
+
+/// How long the pipeline is idle before its buffers are released.
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many times a rejected batch is fixed and pushed again before it is kept aside.
 const MAX_FIXES: u32 = 3;
@@ -108,18 +113,30 @@ impl Pusher {
 
     /// Runs until the queue is closed and everything is pushed, or the shutdown deadline.
     pub fn run(mut self) {
+        // When the pipeline last had work; after IDLE_TRIM without any, its buffers go back
+        // to the system (a storm's megabytes are not kept for a quiet cluster).
+        let mut busy_at = Instant::now();
+        let mut trimmed = false;
         loop {
             self.intake();
             if !self.backlog.is_empty() {
                 if !self.push_head() {
                     break;
                 }
+                busy_at = Instant::now();
+                trimmed = false;
                 continue;
             }
             if self.queue.closing().is_some() {
                 break;
             }
-            self.queue.wait(None);
+            if !trimmed && busy_at.elapsed() >= IDLE_TRIM {
+                self.queue.trim();
+                self.client.trim();
+                trimmed = true;
+                debug!("idle: buffers released");
+            }
+            self.queue.wait((!trimmed).then(|| busy_at + IDLE_TRIM));
         }
         self.finish();
     }
@@ -291,7 +308,7 @@ impl Pusher {
         // holds a re-stamped body.
         let mut own: Option<Vec<u8>> = match &head.body {
             Some(_) => None,
-            None => match self.store.read_batch(seq) {
+            None => match self.store.read_batch(seq, self.queue.spare()) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     let to = self.store.set_aside(seq);

@@ -171,6 +171,19 @@ impl Queue {
         }
     }
 
+    /// Releases spare buffers and the open batch's unused capacity (the pusher calls this
+    /// when the pipeline has been idle for a while).
+    pub fn trim(&self) {
+        let mut st = self.lock();
+        st.spare = Vec::new();
+        st.open.shrink();
+    }
+
+    /// A spare buffer (or a new empty one) to read a spooled batch into.
+    pub fn spare(&self) -> Vec<u8> {
+        self.lock().spare.pop().unwrap_or_default()
+    }
+
     /// Starts the final flush: everything is sealed at once, and the pusher gives up at
     /// `deadline`.
     pub fn close(&self, deadline: Instant) {
