@@ -27,7 +27,7 @@
 //! `FLOOR events=N bytes=B secs=S events_per_sec=E mib_per_sec=M` per run.
 //!
 //! `hotpath` runs, in this process and without sockets, what kube-event does per event on
-//! the same N frames: parse (`TypedFrame`), parse and offer to the Shipper (line, hash,
+//! the same N frames: parse (`scan::frame`), parse and offer to the Shipper (line, hash,
 //! memory of shipped occurrences, batch, sealing push bodies of 1 MiB), and gzip of those
 //! bodies at levels 1 and 6. It prints ns/event and heap allocations/event per stage (best of
 //! `--runs`); run it under `valgrind --tool=callgrind` for instruction counts.

@@ -3,7 +3,8 @@
 //! stream labels. No I/O here.
 //!
 //! The types borrow from the frame buffer: strings without escapes are not copied, and fields
-//! kube-event never needs (`managedFields`, annotations, …) are skipped by the parser.
+//! kube-event never needs (`managedFields`, annotations, …) are skipped by the reader
+//! (`scan.rs`). List pages and API errors are read with serde.
 
 use std::borrow::Cow;
 
@@ -13,10 +14,8 @@ use crate::time::parse_rfc3339_nanos;
 
 type Str<'a> = Option<Text<'a>>;
 
-/// A JSON string field: borrowed from the frame unless it holds escapes (`\"`, `\n`, …),
-/// which only an owned copy can undo. serde borrows a plain `Cow<str>` field with
-/// `#[serde(borrow)]`, but not one inside an `Option`: that path always allocated, once per
-/// string field per event (18 allocations per event in `bench hotpath`).
+/// A JSON string field as `scan.rs` reads it: borrowed from the frame unless it holds escapes
+/// (`\"`, `\n`, …), which only an owned copy can undo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Text<'a>(pub Cow<'a, str>);
 
@@ -33,51 +32,6 @@ impl std::ops::Deref for Text<'_> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// One line of a watch stream: `{"type":"ADDED","object":{…}}`.
-#[derive(Deserialize)]
-pub struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    #[serde(borrow)]
-    pub object: &'a serde_json::value::RawValue,
-}
-
-/// A watch frame parsed in one pass, the object straight into an `Event` (a BOOKMARK's and
-/// an ERROR's objects fit too: the first has only metadata, the second is a Status whose
-/// `reason`, `message` and `code` land in the same-named fields).
-#[derive(Deserialize)]
-pub struct TypedFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub object: Event<'a>,
-}
-
 /// A page of `GET /api/v1/events`.
 #[derive(Deserialize)]
 pub struct List<'a> {
@@ -87,12 +41,13 @@ pub struct List<'a> {
     pub items: Vec<&'a serde_json::value::RawValue>,
 }
 
+/// Once per page: serde's owned strings are fine here.
 #[derive(Deserialize, Default)]
 pub struct ListMeta<'a> {
     #[serde(rename = "resourceVersion", borrow, default)]
-    pub resource_version: Str<'a>,
+    pub resource_version: Option<Cow<'a, str>>,
     #[serde(rename = "continue", borrow, default)]
-    pub continue_: Str<'a>,
+    pub continue_: Option<Cow<'a, str>>,
 }
 
 /// `metav1.Status`, the object of an ERROR frame and the body of most API errors.
@@ -107,80 +62,51 @@ pub struct Status {
 }
 
 /// A core/v1 Event, only the fields kube-event ships or needs.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Default)]
 pub struct Event<'a> {
-    #[serde(borrow)]
     pub metadata: Meta<'a>,
-    #[serde(borrow)]
     pub involved_object: ObjectRef<'a>,
-    #[serde(borrow)]
     pub reason: Str<'a>,
-    #[serde(borrow)]
     pub message: Str<'a>,
-    #[serde(borrow)]
     pub source: Source<'a>,
-    #[serde(borrow)]
     pub first_timestamp: Str<'a>,
-    #[serde(borrow)]
     pub last_timestamp: Str<'a>,
     pub count: Option<i64>,
-    #[serde(rename = "type", borrow)]
     pub type_: Str<'a>,
-    #[serde(borrow)]
     pub event_time: Str<'a>,
-    #[serde(borrow)]
     pub series: Option<Series<'a>>,
-    #[serde(borrow)]
     pub reporting_component: Str<'a>,
-    #[serde(borrow)]
     pub reporting_instance: Str<'a>,
     /// Only in a Status (the object of an ERROR frame).
     pub code: Option<u16>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Default)]
 pub struct Meta<'a> {
-    #[serde(borrow)]
     pub name: Str<'a>,
-    #[serde(borrow)]
     pub namespace: Str<'a>,
-    #[serde(borrow)]
     pub uid: Str<'a>,
-    #[serde(borrow)]
     pub resource_version: Str<'a>,
-    #[serde(borrow)]
     pub creation_timestamp: Str<'a>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Default)]
 pub struct ObjectRef<'a> {
-    #[serde(borrow)]
     pub kind: Str<'a>,
-    #[serde(borrow)]
     pub name: Str<'a>,
-    #[serde(borrow)]
     pub uid: Str<'a>,
-    #[serde(borrow)]
     pub field_path: Str<'a>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
+#[derive(Default)]
 pub struct Source<'a> {
-    #[serde(borrow)]
     pub component: Str<'a>,
-    #[serde(borrow)]
     pub host: Str<'a>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Default)]
 pub struct Series<'a> {
     pub count: Option<i64>,
-    #[serde(borrow)]
     pub last_observed_time: Str<'a>,
 }
 
@@ -662,7 +588,7 @@ mod tests {
     use super::*;
 
     fn line_of(json: &str) -> (String, i64, i64) {
-        let ev: Event = serde_json::from_str(json).unwrap();
+        let ev = crate::scan::event(json.as_bytes()).unwrap();
         let occ = ev.occurrence().unwrap();
         let mut out = String::new();
         assert!(!ev.write_line(&occ, &mut out, 256 * 1024));
@@ -744,14 +670,14 @@ mod tests {
             ),
         ];
         for (json, time, count) in cases {
-            let ev: Event = serde_json::from_str(json).unwrap();
+            let ev = crate::scan::event(json.as_bytes()).unwrap();
             let occ = ev.occurrence().unwrap();
             assert_eq!((occ.time, occ.count), (time, count), "{json}");
         }
-        let ev: Event = serde_json::from_str(r#"{"metadata":{"uid":"u"}}"#).unwrap();
+        let ev = crate::scan::event(r#"{"metadata":{"uid":"u"}}"#.as_bytes()).unwrap();
         assert_eq!(ev.occurrence(), Err(Unshippable::NoTime));
-        let ev: Event =
-            serde_json::from_str(r#"{"metadata":{"creationTimestamp":"2026-01-01T00:00:05Z"}}"#)
+        let ev =
+            crate::scan::event(br#"{"metadata":{"creationTimestamp":"2026-01-01T00:00:05Z"}}"#)
                 .unwrap();
         assert_eq!(ev.occurrence(), Err(Unshippable::NoUid));
     }
@@ -763,7 +689,7 @@ mod tests {
             r#"{{"metadata":{{"uid":"u","name":"n"}},"lastTimestamp":"2026-01-01T00:00:00Z","message":{}}}"#,
             serde_json::to_string(&msg).unwrap()
         );
-        let ev: Event = serde_json::from_str(&json).unwrap();
+        let ev = crate::scan::event(json.as_bytes()).unwrap();
         let occ = ev.occurrence().unwrap();
         let mut out = String::new();
         for max in [4096usize, 10_000, 262_144] {
@@ -794,7 +720,7 @@ mod tests {
         let json = r#"{"metadata":{"uid":"u\"1","name":"n\\x"},"lastTimestamp":"2026-01-01T00:00:00Z",
             "message":"quote \" backslash \\ newline \n tab \t cr \r ctl \u0001 é ☃","reason":"R","type":"Warning","count":3,
             "source":{"component":"kubelet","host":"h"},"involvedObject":{"kind":"Pod","name":"p","fieldPath":"spec{x}"}}"#;
-        let ev: Event = serde_json::from_str(json).unwrap();
+        let ev = crate::scan::event(json.as_bytes()).unwrap();
         let occ = ev.occurrence().unwrap();
         let (mut plain, mut nested) = (String::new(), String::new());
         for max in [262_144, 300] {
@@ -966,7 +892,7 @@ mod tests {
             "abcdefg\"".repeat(60),
             "\u{0}".repeat(100),
         ] {
-            let mut ev: Event = serde_json::from_str(base).unwrap();
+            let mut ev = crate::scan::event(base.as_bytes()).unwrap();
             ev.message = Some(Text(Cow::Borrowed(&msg)));
             let occ = ev.occurrence().unwrap();
             let (mut plain, mut nested) = (String::new(), String::new());

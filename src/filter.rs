@@ -244,12 +244,12 @@ mod tests {
             (cfg(|c| c.min_count = 2), false, false),
         ];
         for (i, (f, pod, node)) in table.iter().enumerate() {
-            let a: Event = serde_json::from_str(&pod_warning).unwrap();
-            let b: Event = serde_json::from_str(&node_normal).unwrap();
+            let a = crate::scan::event(pod_warning.as_bytes()).unwrap();
+            let b = crate::scan::event(node_normal.as_bytes()).unwrap();
             assert_eq!((f.pass(&a, 1), f.pass(&b, 1)), (*pod, *node), "case {i}");
         }
         let f = cfg(|c| c.min_count = 3);
-        let a: Event = serde_json::from_str(&pod_warning).unwrap();
+        let a = crate::scan::event(pod_warning.as_bytes()).unwrap();
         assert!(!f.pass(&a, 2) && f.pass(&a, 3) && f.pass(&a, 10));
     }
 

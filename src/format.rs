@@ -455,9 +455,10 @@ mod tests {
 
     #[test]
     fn logfmt_of_a_real_line_round_trips_the_values() {
-        let ev: crate::event::Event = serde_json::from_str(
+        let ev = crate::scan::event(
             r#"{"metadata":{"uid":"u","name":"n"},"lastTimestamp":"2026-01-01T00:00:00Z","count":3,
-                "reason":"BackOff","message":"Back-off \"x\" = y\\z\n\u0001é"}"#,
+                "reason":"BackOff","message":"Back-off \"x\" = y\\z\n\u0001é"}"#
+                .as_bytes(),
         )
         .unwrap();
         let occ = ev.occurrence().unwrap();

@@ -355,7 +355,13 @@ impl<'a> Reader<'a> {
     /// The rest of a string that has escapes, unescaped into an owned copy.
     #[cold]
     fn escaped_string(&mut self, start: usize) -> Result<Text<'a>> {
-        let mut out: Vec<u8> = Vec::with_capacity(self.i - start + 16);
+        // Where the string ends, to allocate once: unescaped, it is never longer.
+        let at = self.i;
+        self.i = start - 1;
+        self.skip_string()?;
+        let raw_end = self.i;
+        self.i = at;
+        let mut out: Vec<u8> = Vec::with_capacity(raw_end - start);
         out.extend_from_slice(&self.b[start..self.i]);
         loop {
             // At a backslash.

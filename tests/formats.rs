@@ -8,8 +8,8 @@
 
 use std::path::PathBuf;
 
-use kube_event::event::{Event, Frame};
 use kube_event::format::{json_to_logfmt, raw_line};
+use kube_event::scan;
 
 const MAX_LINE_BYTES: usize = 262_144;
 
@@ -23,7 +23,7 @@ fn fixture(name: &str) -> String {
 
 /// The three lines of the event whose object text is `object`: (json, logfmt, raw).
 fn render(object: &str) -> [String; 3] {
-    let ev: Event = serde_json::from_str(object).expect("the fixture is an event");
+    let ev = scan::event(object.as_bytes()).expect("the fixture is an event");
     let occ = ev.occurrence().expect("the fixture is shippable");
     let mut json = String::new();
     assert!(!ev.write_line(&occ, &mut json, MAX_LINE_BYTES));
@@ -69,9 +69,9 @@ fn legacy_core_v1_event() {
     // web-0.seed1 at its MODIFIED state: the first line of the watch stream.
     let stream = fixture("watch-stream.ndjson");
     let first = stream.lines().next().unwrap();
-    let frame: Frame = serde_json::from_str(first).unwrap();
-    assert_eq!(frame.kind, "MODIFIED");
-    check_golden("web-0.seed1", frame.object.get());
+    let frame = scan::frame(first.as_bytes()).unwrap();
+    assert_eq!(&*frame.kind, "MODIFIED");
+    check_golden("web-0.seed1", std::str::from_utf8(frame.raw).unwrap());
 }
 
 #[test]
@@ -88,9 +88,14 @@ fn raw_is_the_same_from_the_watch_stream_and_the_pretty_printed_object() {
     // The same event state, once compact in a watch frame, once pretty-printed.
     let stream = fixture("watch-stream.ndjson");
     let second = stream.lines().nth(1).unwrap();
-    let frame: Frame = serde_json::from_str(second).unwrap();
+    let frame = scan::frame(second.as_bytes()).unwrap();
     let (mut a, mut b) = (String::new(), String::new());
-    raw_line(frame.object.get(), &mut a, MAX_LINE_BYTES).unwrap();
+    raw_line(
+        std::str::from_utf8(frame.raw).unwrap(),
+        &mut a,
+        MAX_LINE_BYTES,
+    )
+    .unwrap();
     raw_line(
         &fixture("event-eventsv1-through-corev1.json"),
         &mut b,
