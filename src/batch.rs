@@ -260,7 +260,7 @@ fn label(out: &mut String, key: &str, value: &str) {
 }
 
 /// Appends `v` in decimal without the `fmt` machinery (a timestamp per entry).
-fn push_decimal(out: &mut String, v: i64) {
+pub(crate) fn push_decimal(out: &mut String, v: i64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = v.unsigned_abs();
@@ -280,7 +280,7 @@ fn push_decimal(out: &mut String, v: i64) {
 }
 
 /// Appends `v` as 16 lowercase hex digits (the journal's keys and hashes).
-fn push_hex16(out: &mut String, v: u64) {
+pub(crate) fn push_hex16(out: &mut String, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 16];
     for (i, b) in buf.iter_mut().enumerate() {

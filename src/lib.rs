@@ -167,7 +167,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
                  in the spool; {} events remembered",
                 config.data_dir.display(),
                 recovered.batches.len(),
-                recovered.shipped.len()
+                recovered.memory.lock().map(|m| m.len()).unwrap_or(0)
             );
         }
         info!(
@@ -208,7 +208,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             Output::Loki(queue.clone()),
             stats.clone(),
             settings,
-            recovered.shipped,
+            recovered.memory,
         );
         (shipper, Some(queue), rv)
     };

@@ -25,7 +25,7 @@ use crate::event::{Event, Field};
 use crate::filter::Filter;
 use crate::format::LineFormat;
 use crate::queue::Queue;
-use crate::spool::{uid_key, Shipped, ShippedMap};
+use crate::spool::{uid_key, Memory, SharedMemory, Shipped};
 use crate::stats::Stats;
 
 /// How often forgotten events are pruned.
@@ -41,7 +41,8 @@ pub enum Output {
 pub struct OutputClosed(pub std::io::Error);
 
 pub struct Shipper {
-    seen: ShippedMap,
+    /// Shared with the Store, which commits into it (spool.rs).
+    seen: SharedMemory,
     /// The JSON line, for the outputs that need it plain (stdout, logfmt, ENABLE_DETAILED).
     line: String,
     /// The JSON line escaped once more, as a push body holds it.
@@ -68,7 +69,7 @@ pub struct Settings {
 }
 
 impl Shipper {
-    pub fn new(output: Output, stats: Arc<Stats>, settings: Settings, seen: ShippedMap) -> Self {
+    pub fn new(output: Output, stats: Arc<Stats>, settings: Settings, seen: SharedMemory) -> Self {
         Shipper {
             seen,
             line: String::with_capacity(4096),
@@ -154,19 +155,19 @@ impl Shipper {
         let now = now_secs();
         let shipped = Shipped::new(occ.count, hash, now);
         let key = uid_key(ev.uid());
-        match self.seen.get_mut(&key) {
-            Some(s) if s.hash == hash || shipped.count < s.count => {
-                Stats::add(&self.stats.unchanged, 1);
-                return Ok(());
-            }
-            // DEDUPLICATE=1: the first occurrence was shipped; repeats are left out.
-            Some(_) if self.s.filter.deduplicate() => {
-                Stats::add(&self.stats.filtered, 1);
-                return Ok(());
-            }
-            Some(s) => *s = shipped,
-            None => {
-                self.seen.insert(key, shipped);
+        {
+            let mut seen = self.memory();
+            match seen.get(key) {
+                Some(s) if s.hash == hash || shipped.count < s.count => {
+                    Stats::add(&self.stats.unchanged, 1);
+                    return Ok(());
+                }
+                // DEDUPLICATE=1: the first occurrence was shipped; repeats are left out.
+                Some(_) if self.s.filter.deduplicate() => {
+                    Stats::add(&self.stats.filtered, 1);
+                    return Ok(());
+                }
+                _ => seen.offer(key, shipped),
             }
         }
         Stats::add(&self.stats.shipped, 1);
@@ -237,19 +238,22 @@ impl Shipper {
 
     /// A DELETED object: the event expired, it cannot show up again.
     pub fn forget(&mut self, uid: &str) {
-        self.seen.remove(&uid_key(uid));
+        self.memory().forget(uid_key(uid));
     }
 
     /// How many events are remembered.
     pub fn remembered(&self) -> usize {
-        self.seen.len()
+        self.memory().len()
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn prune(&mut self, now: u64) {
         self.last_prune = Instant::now();
         let keep = self.s.retention_secs;
-        self.seen
-            .retain(|_, s| now.saturating_sub(s.at as u64) < keep);
+        self.memory().prune(now, keep);
     }
 }
 
@@ -271,6 +275,7 @@ pub fn head(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::ShippedMap;
 
     /// Stats, a queue that never seals on its own, and a Shipper into it remembering `seen`.
     fn rig(seen: ShippedMap) -> (Arc<Stats>, Arc<Queue>, Shipper) {
@@ -281,6 +286,7 @@ mod tests {
             Default::default(),
             String::new(),
         ));
+        let seen = Arc::new(std::sync::Mutex::new(Memory::new(seen)));
         let s = Shipper::new(Output::Loki(q.clone()), stats.clone(), settings(), seen);
         (stats, q, s)
     }
@@ -354,17 +360,30 @@ mod tests {
         assert_eq!(Stats::get(&stats.unchanged), 3 * EVENTS as u64);
         assert_eq!(q.pending(), 3 * EVENTS as usize);
         assert_eq!(s.remembered(), EVENTS as usize);
+        // The pusher commits what it spooled (here: everything at once), as the journal's
+        // records of each batch.
+        {
+            let mut m = s.memory();
+            let pending: Vec<(u64, Shipped)> = m.pending.iter().map(|(k, v)| (*k, *v)).collect();
+            for (k, v) in pending {
+                m.commit(k, v);
+            }
+            assert!(m.pending.is_empty());
+        }
+        assert_eq!(s.remembered(), EVENTS as usize);
         // The memory of what was shipped: at most 64 bytes per remembered event, counting the
-        // map's spare capacity and control bytes.
+        // maps' spare capacity and control bytes.
         let slot = std::mem::size_of::<(u64, Shipped)>() + 1;
-        let per_event = s.seen.capacity() * slot / s.seen.len();
+        let capacity = s.memory().capacity();
+        let per_event = capacity * slot / s.remembered();
         assert!(per_event <= 64, "{per_event} bytes per remembered event");
-        // After a restart with that memory, a relist ships nothing.
+        // After a restart with that memory (what was committed), a relist ships nothing.
+        let committed = s.memory().committed.clone();
         let restarted = Shipper::new(
             Output::Loki(q.clone()),
             stats.clone(),
             settings(),
-            s.seen.clone(),
+            Arc::new(std::sync::Mutex::new(Memory::new(committed))),
         );
         let mut s2 = restarted;
         for i in 0..EVENTS {

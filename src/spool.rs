@@ -25,7 +25,11 @@ use log::{debug, warn};
 
 use crate::hash::{hash64, mix};
 
-const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 1";
+/// Version 2: the checksum chains `hash64` over the lines, so a checkpoint is written as it
+/// is produced instead of first as one big string. Version 1 (one hash of the whole text) is
+/// still read.
+const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 2";
+const CHECKPOINT_MAGIC_V1: &str = "KUBE-EVENT CHECKPOINT 1";
 const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 1";
 /// Compact the journal into a checkpoint when it is this large (and larger than twice the
 /// last checkpoint), so a restart replays little.
@@ -56,6 +60,90 @@ impl Shipped {
 /// chance in 10^7 for a million events in the retention window, and costs at most a
 /// re-shipped or skipped repeat of one of the two.
 pub type ShippedMap = HashMap<u64, Shipped, BuildHasherDefault<KeyHasher>>;
+
+/// The memory of shipped occurrences, one copy shared by the Shipper (watcher thread), which
+/// reads it and adds to `pending`, and the Store (pusher thread), which moves what the journal
+/// commits into `committed`, the state a restart starts from and a checkpoint holds. `pending`
+/// holds only occurrences whose batches are in flight (a few batches), so the memory costs
+/// one map slot per remembered event, not two (issue 6: 6.5 MB less for 200,000 events).
+#[derive(Default)]
+pub struct Memory {
+    pub committed: ShippedMap,
+    pub pending: ShippedMap,
+}
+
+pub type SharedMemory = std::sync::Arc<std::sync::Mutex<Memory>>;
+
+impl Memory {
+    pub fn new(committed: ShippedMap) -> Memory {
+        Memory {
+            committed,
+            pending: ShippedMap::default(),
+        }
+    }
+
+    /// The newest thing known of `key`: offered (pending) before committed.
+    pub fn get(&self, key: u64) -> Option<Shipped> {
+        self.pending
+            .get(&key)
+            .or_else(|| self.committed.get(&key))
+            .copied()
+    }
+
+    /// An occurrence handed to the output; committed later with its batch (or never, if the
+    /// process stops first: then a restart does not know it, and ships it again).
+    pub fn offer(&mut self, key: u64, s: Shipped) {
+        self.pending.insert(key, s);
+    }
+
+    /// A journal record: now what a restart would know. The pending entry goes once it says
+    /// nothing newer.
+    pub fn commit(&mut self, key: u64, s: Shipped) {
+        if let Some(p) = self.pending.get(&key) {
+            if p.hash == s.hash && p.count == s.count {
+                self.pending.remove(&key);
+                // After a spell of batches that could not be made safe (a full disk), give
+                // the grown table back once it has drained.
+                if self.pending.is_empty() && self.pending.capacity() > 4096 {
+                    self.pending = ShippedMap::default();
+                }
+            }
+        }
+        self.committed.insert(key, s);
+    }
+
+    /// The event was deleted: it cannot show up again.
+    pub fn forget(&mut self, key: u64) {
+        self.pending.remove(&key);
+        self.committed.remove(&key);
+    }
+
+    /// Forgets events not shipped for `keep_secs`.
+    pub fn prune(&mut self, now: u64, keep_secs: u64) {
+        let fresh = |s: &Shipped| now.saturating_sub(s.at as u64) < keep_secs;
+        self.committed.retain(|_, s| fresh(s));
+        self.pending.retain(|_, s| fresh(s));
+    }
+
+    /// Events remembered (each counted once).
+    pub fn len(&self) -> usize {
+        self.committed.len()
+            + self
+                .pending
+                .keys()
+                .filter(|k| !self.committed.contains_key(k))
+                .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.committed.is_empty() && self.pending.is_empty()
+    }
+
+    /// Map slots allocated, for the memory-per-event test.
+    pub fn capacity(&self) -> usize {
+        self.committed.capacity() + self.pending.capacity()
+    }
+}
 
 /// The key of an event in `ShippedMap` and in the journal.
 pub fn uid_key(uid: &str) -> u64 {
@@ -95,7 +183,8 @@ pub struct SpoolFile {
 /// What a previous run left.
 pub struct Recovered {
     pub rv: Option<String>,
-    pub shipped: ShippedMap,
+    /// What was shipped, as committed; the Store keeps a handle and commits into it.
+    pub memory: SharedMemory,
     /// Oldest first.
     pub batches: Vec<SpoolFile>,
 }
@@ -119,8 +208,9 @@ pub struct Store {
     journal: File,
     journal_bytes: u64,
     checkpoint_bytes: u64,
-    /// The committed state: what a restart would start from.
-    shipped: ShippedMap,
+    /// The memory of shipped occurrences; its `committed` part is what a restart would start
+    /// from.
+    memory: SharedMemory,
     rv: String,
     next_seq: u64,
     retention_secs: u64,
@@ -228,7 +318,7 @@ impl Store {
             journal,
             journal_bytes,
             checkpoint_bytes,
-            shipped,
+            memory: std::sync::Arc::new(std::sync::Mutex::new(Memory::new(shipped))),
             rv,
             next_seq: max_seq + 1,
             retention_secs,
@@ -244,7 +334,7 @@ impl Store {
         store.prune(now_secs());
         let recovered = Recovered {
             rv: (!store.rv.is_empty()).then(|| store.rv.clone()),
-            shipped: store.shipped.clone(),
+            memory: store.memory.clone(),
             batches,
         };
         Ok((store, recovered))
@@ -343,7 +433,9 @@ impl Store {
         self.journal.write_all(block.as_bytes())?;
         self.journal.sync_data()?;
         self.journal_bytes += block.len() as u64;
-        apply_records(records, at, &mut self.shipped);
+        let mut memory = lock(&self.memory);
+        apply_records(records, at, |key, s| memory.commit(key, s));
+        drop(memory);
         if !rv.is_empty() {
             self.rv = rv.to_string();
         }
@@ -365,27 +457,47 @@ impl Store {
 
     /// Forgets events not shipped for longer than the retention.
     fn prune(&mut self, now: u64) {
-        let keep = self.retention_secs;
-        self.shipped
-            .retain(|_, s| now.saturating_sub(s.at as u64) < keep);
+        lock(&self.memory).prune(now, self.retention_secs);
     }
 
     /// Writes the committed state as a new checkpoint generation and starts a new journal.
+    /// The checkpoint is streamed to disk while the memory is locked (the watcher waits
+    /// a few milliseconds per 100,000 events), without a copy of the state.
     fn compact(&mut self) -> io::Result<()> {
         let gen = self.gen + 1;
-        let mut text = format!("{CHECKPOINT_MAGIC} {gen}\nR {}\n", json_str(&self.rv));
-        for (key, s) in &self.shipped {
-            text.push_str(&format!(
-                "{key:016x} {} {:016x} {}\n",
-                s.count, s.hash, s.at
-            ));
-        }
-        let sum = hash64(0, text.as_bytes());
-        text.push_str(&format!("E {sum:016x}\n"));
         let path = self.dir.join("checkpoint");
         let tmp = self.dir.join("checkpoint.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        let mut w = io::BufWriter::with_capacity(64 << 10, File::create(&tmp)?);
+        let mut sum = 0u64;
+        let mut written = 0u64;
+        let mut put = |w: &mut io::BufWriter<File>, line: &str| -> io::Result<()> {
+            sum = hash64(sum, line.as_bytes());
+            written += line.len() as u64;
+            w.write_all(line.as_bytes())
+        };
+        put(&mut w, &format!("{CHECKPOINT_MAGIC} {gen}\n"))?;
+        put(&mut w, &format!("R {}\n", json_str(&self.rv)))?;
+        let remembered = {
+            let memory = lock(&self.memory);
+            let mut line = String::with_capacity(64);
+            for (key, s) in &memory.committed {
+                line.clear();
+                crate::batch::push_hex16(&mut line, *key);
+                line.push(' ');
+                crate::batch::push_decimal(&mut line, i64::from(s.count));
+                line.push(' ');
+                crate::batch::push_hex16(&mut line, s.hash);
+                line.push(' ');
+                crate::batch::push_decimal(&mut line, i64::from(s.at));
+                line.push('\n');
+                put(&mut w, &line)?;
+            }
+            memory.committed.len()
+        };
+        let end = format!("E {sum:016x}\n");
+        w.write_all(end.as_bytes())?;
+        written += end.len() as u64;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         let journal_path = self.dir.join(format!("journal-{gen}"));
         let journal = OpenOptions::new()
@@ -400,11 +512,10 @@ impl Store {
         self.journal = OpenOptions::new().append(true).open(&journal_path)?;
         self.gen = gen;
         self.journal_bytes = 0;
-        self.checkpoint_bytes = text.len() as u64;
+        self.checkpoint_bytes = written;
         let _ = fs::remove_file(old);
         debug!(
-            "compacted the journal: checkpoint generation {gen}, {} events remembered",
-            self.shipped.len()
+            "compacted the journal: checkpoint generation {gen}, {remembered} events remembered"
         );
         Ok(())
     }
@@ -429,7 +540,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Applies `key count hash` lines (the key: `uid_key` in hex); malformed lines were excluded
 /// by the checksum.
-fn apply_records(records: &str, at: u64, shipped: &mut ShippedMap) {
+fn apply_records(records: &str, at: u64, mut put: impl FnMut(u64, Shipped)) {
     for line in records.lines() {
         let mut parts = line.split(' ');
         let (Some(key), Some(count), Some(hash)) = (parts.next(), parts.next(), parts.next())
@@ -443,8 +554,12 @@ fn apply_records(records: &str, at: u64, shipped: &mut ShippedMap) {
         ) else {
             continue;
         };
-        shipped.insert(key, Shipped::new(count, hash, at));
+        put(key, Shipped::new(count, hash, at));
     }
+}
+
+fn lock(memory: &SharedMemory) -> std::sync::MutexGuard<'_, Memory> {
+    memory.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Replays journal blocks into the state. Returns how many bytes were valid, and why the
@@ -459,7 +574,9 @@ fn replay_journal(
     while pos < bytes.len() {
         match parse_block(&bytes[pos..]) {
             Ok((len, seq, at, block_rv, records)) => {
-                apply_records(records, at, shipped);
+                apply_records(records, at, |key, s| {
+                    shipped.insert(key, s);
+                });
                 if !block_rv.is_empty() {
                     *rv = block_rv;
                 }
@@ -526,13 +643,23 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, ShippedMap), String> {
         .strip_prefix("E ")
         .and_then(|h| u64::from_str_radix(h, 16).ok())
         .ok_or("no checksum line")?;
-    if hash64(0, &bytes[..body_end]) != sum {
+    let body = &text[..body_end];
+    let computed = if body.starts_with(CHECKPOINT_MAGIC_V1) {
+        hash64(0, body.as_bytes())
+    } else {
+        body.split_inclusive('\n')
+            .fold(0, |h, line| hash64(h, line.as_bytes()))
+    };
+    if computed != sum {
         return Err("checksum mismatch".into());
     }
-    let mut lines = text[..body_end].lines();
+    let mut lines = body.lines();
     let gen = lines
         .next()
-        .and_then(|l| l.strip_prefix(CHECKPOINT_MAGIC))
+        .and_then(|l| {
+            l.strip_prefix(CHECKPOINT_MAGIC)
+                .or_else(|| l.strip_prefix(CHECKPOINT_MAGIC_V1))
+        })
         .and_then(|g| g.trim().parse().ok())
         .ok_or("not a kube-event checkpoint")?;
     let rv: String = lines
@@ -724,7 +851,7 @@ mod tests {
         let dir = t.join("data");
         {
             let (mut s, r) = Store::open(&dir, 7200).unwrap();
-            assert!(r.rv.is_none() && r.shipped.is_empty() && r.batches.is_empty());
+            assert!(r.rv.is_none() && lock(&r.memory).is_empty() && r.batches.is_empty());
             let seq = s.next_seq();
             s.commit(seq, &(rec("a", 1, 7) + &rec("b", 2, 8)), 2, "100")
                 .unwrap();
@@ -733,8 +860,8 @@ mod tests {
         }
         let (_, r) = Store::open(&dir, 7200).unwrap();
         assert_eq!(r.rv.as_deref(), Some("105"));
-        assert_eq!(r.shipped[&uid_key("a")].count, 3);
-        assert_eq!(r.shipped[&uid_key("b")].hash, 8);
+        assert_eq!(lock(&r.memory).committed[&uid_key("a")].count, 3);
+        assert_eq!(lock(&r.memory).committed[&uid_key("b")].hash, 8);
         drop(r);
         // A torn write at the end of the journal: the whole blocks before it are used.
         let j = dir.join("journal-0");
@@ -744,7 +871,7 @@ mod tests {
         drop(f);
         let (_, r) = Store::open(&dir, 7200).unwrap();
         assert_eq!(r.rv.as_deref(), Some("105"));
-        assert_eq!(r.shipped.len(), 2);
+        assert_eq!(lock(&r.memory).len(), 2);
         assert_eq!(fs::read_dir(dir.join("damaged")).unwrap().count(), 1);
     }
 
@@ -788,15 +915,55 @@ mod tests {
         s.commit(seq, &rec("u9", 9, 9), 1, "9").unwrap();
         drop(s);
         let (_, r) = Store::open(&dir, 7200).unwrap();
-        assert_eq!(r.shipped.len(), 6);
+        assert_eq!(lock(&r.memory).len(), 6);
         assert_eq!(r.rv.as_deref(), Some("9"));
         assert!(!dir.join("journal-0").exists() && dir.join("journal-1").exists());
         drop(r);
         fs::write(dir.join("checkpoint"), "garbage").unwrap();
         let (_, r) = Store::open(&dir, 7200).unwrap();
         // The journal of the newest generation still holds u9.
-        assert_eq!(r.shipped.len(), 1);
+        assert_eq!(lock(&r.memory).len(), 1);
         assert!(dir.join("damaged").read_dir().unwrap().count() == 1);
+    }
+
+    #[test]
+    fn memory_keeps_what_is_in_flight_until_its_batch_commits() {
+        let mut m = Memory::default();
+        let v1 = Shipped::new(1, 11, 100);
+        let v2 = Shipped::new(2, 22, 101);
+        m.offer(7, v1);
+        m.offer(7, v2);
+        assert_eq!(m.get(7), Some(v2));
+        // The batch with the first occurrence commits: the second is still in flight.
+        m.commit(7, Shipped::new(1, 11, 200));
+        assert_eq!(m.get(7), Some(v2));
+        assert_eq!(m.committed[&7].hash, 11);
+        assert_eq!(m.len(), 1);
+        // Then its own batch: nothing is pending any more.
+        m.commit(7, Shipped::new(2, 22, 201));
+        assert!(m.pending.is_empty());
+        assert_eq!(m.get(7).map(|s| (s.count, s.hash)), Some((2, 22)));
+        m.forget(7);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_is_still_read() {
+        let t = TempDir::new("spool-v1");
+        let dir = t.join("data");
+        fs::create_dir_all(&dir).unwrap();
+        let now = now_secs();
+        let body = format!(
+            "{CHECKPOINT_MAGIC_V1} 3\nR \"42\"\n{:016x} 2 {:016x} {now}\n",
+            uid_key("a"),
+            99u64
+        );
+        let sum = hash64(0, body.as_bytes());
+        fs::write(dir.join("checkpoint"), format!("{body}E {sum:016x}\n")).unwrap();
+        let (_, r) = Store::open(&dir, 7200).unwrap();
+        assert_eq!(r.rv.as_deref(), Some("42"));
+        assert_eq!(lock(&r.memory).committed[&uid_key("a")].hash, 99);
+        assert!(!dir.join("damaged").exists());
     }
 
     #[test]
@@ -806,9 +973,13 @@ mod tests {
         let (mut s, _) = Store::open(&dir, 7200).unwrap();
         let seq = s.next_seq();
         s.commit(seq, &rec("old", 1, 1), 1, "1").unwrap();
-        s.shipped.get_mut(&uid_key("old")).unwrap().at -= 7201;
+        lock(&s.memory)
+            .committed
+            .get_mut(&uid_key("old"))
+            .unwrap()
+            .at -= 7201;
         s.prune(now_secs());
-        assert!(s.shipped.is_empty());
+        assert!(lock(&s.memory).is_empty());
     }
 
     #[test]
