@@ -211,6 +211,8 @@ pub struct Store {
     /// The memory of shipped occurrences; its `committed` part is what a restart would start
     /// from.
     memory: SharedMemory,
+    /// The records of the batch being committed (reused).
+    parsed: Vec<(u64, Shipped)>,
     rv: String,
     next_seq: u64,
     retention_secs: u64,
@@ -319,6 +321,7 @@ impl Store {
             journal_bytes,
             checkpoint_bytes,
             memory: std::sync::Arc::new(std::sync::Mutex::new(Memory::new(shipped))),
+            parsed: Vec::new(),
             rv,
             next_seq: max_seq + 1,
             retention_secs,
@@ -433,9 +436,16 @@ impl Store {
         self.journal.write_all(block.as_bytes())?;
         self.journal.sync_data()?;
         self.journal_bytes += block.len() as u64;
-        let mut memory = lock(&self.memory);
-        apply_records(records, at, |key, s| memory.commit(key, s));
-        drop(memory);
+        // Parsed before taking the lock, and applied a slice at a time: the watcher takes the
+        // same lock for every event.
+        self.parsed.clear();
+        apply_records(records, at, |key, s| self.parsed.push((key, s)));
+        for chunk in self.parsed.chunks(256) {
+            let mut memory = lock(&self.memory);
+            for &(key, s) in chunk {
+                memory.commit(key, s);
+            }
+        }
         if !rv.is_empty() {
             self.rv = rv.to_string();
         }
