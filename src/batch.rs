@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::event::{write_json_str, Labels};
+use crate::event::{push_decimal, push_hex16, write_json_str, Labels};
 
 /// Occurrences waiting to be pushed, grouped by stream. Every buffer is kept (cleared, not
 /// freed) from one batch to the next, so a batch in a steady state allocates nothing.
@@ -257,36 +257,6 @@ fn label(out: &mut String, key: &str, value: &str) {
     write_json_str(key, out);
     out.push(':');
     write_json_str(value, out);
-}
-
-/// Appends `v` in decimal without the `fmt` machinery (a timestamp per entry).
-pub(crate) fn push_decimal(out: &mut String, v: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        out.push('-');
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
-}
-
-/// Appends `v` as 16 lowercase hex digits (the journal's keys and hashes).
-pub(crate) fn push_hex16(out: &mut String, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = DIGITS[(v >> (60 - 4 * i)) as usize & 15];
-    }
-    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 fn labels_hash(l: &Labels<'_>) -> u64 {

@@ -318,12 +318,12 @@ impl<'a> Event<'a> {
             out.push_str(member!("message")[NESTED as usize]);
             write_escaped::<NESTED>(message, out);
             out.push_str("… [kube-event: ");
-            push_int(out, cut as i64);
+            push_decimal(out, cut as i64);
             out.push_str(" bytes cut]");
             quote::<NESTED>(out);
         }
         out.push_str([",\"count\":", ",\\\"count\\\":"][NESTED as usize]);
-        push_int(out, occ.count);
+        push_decimal(out, occ.count);
         put::<NESTED>(out, &member!("first_seen"), first_seen);
         put::<NESTED>(out, &member!("component"), component);
         put::<NESTED>(out, &member!("host"), host);
@@ -406,8 +406,9 @@ impl<'e> Labels<'e> {
     }
 }
 
-/// Appends `v` in decimal, digit by digit: no `fmt` machinery on the event path.
-fn push_int(out: &mut String, v: i64) {
+/// Appends `v` in decimal, digit by digit: no `fmt` machinery on the event path (counts,
+/// timestamps of push bodies, journal records).
+pub(crate) fn push_decimal(out: &mut String, v: i64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = v.unsigned_abs();
@@ -425,6 +426,16 @@ fn push_int(out: &mut String, v: i64) {
     for &d in &buf[i..] {
         out.push(char::from(d));
     }
+}
+
+/// Appends `v` as 16 lowercase hex digits (the journal's keys and hashes).
+pub(crate) fn push_hex16(out: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = DIGITS[(v >> (60 - 4 * i)) as usize & 15];
+    }
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 /// The length of the longest prefix of `msg` (in bytes, on a char boundary) whose escaped
@@ -926,7 +937,7 @@ mod tests {
     fn integers_format_without_allocating() {
         for v in [0i64, 1, 9, 10, 12345, -7, i64::MAX, i64::MIN] {
             let mut out = String::from("x");
-            push_int(&mut out, v);
+            push_decimal(&mut out, v);
             assert_eq!(out, format!("x{v}"));
         }
     }

@@ -492,13 +492,13 @@ impl Store {
             let mut line = String::with_capacity(64);
             for (key, s) in &memory.committed {
                 line.clear();
-                crate::batch::push_hex16(&mut line, *key);
+                crate::event::push_hex16(&mut line, *key);
                 line.push(' ');
-                crate::batch::push_decimal(&mut line, i64::from(s.count));
+                crate::event::push_decimal(&mut line, i64::from(s.count));
                 line.push(' ');
-                crate::batch::push_hex16(&mut line, s.hash);
+                crate::event::push_hex16(&mut line, s.hash);
                 line.push(' ');
-                crate::batch::push_decimal(&mut line, i64::from(s.at));
+                crate::event::push_decimal(&mut line, i64::from(s.at));
                 line.push('\n');
                 put(&mut w, &line)?;
             }
