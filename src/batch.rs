@@ -23,7 +23,8 @@ pub struct Batch {
     arena: String,
     /// Journal records of the occurrences in this batch: `uid count hash` lines (spool.rs).
     records: String,
-    n_records: usize,
+    /// The same records as numbers (`key, count, hash`), for the memory of shipped occurrences.
+    list: Vec<(u64, i64, u64)>,
     /// Estimated size of the encoded body, for `BATCH_MAX_BYTES`.
     encoded_estimate: usize,
 }
@@ -70,9 +71,9 @@ pub enum Line<'a> {
 pub struct Sealed {
     pub body: Vec<u8>,
     pub entries: usize,
-    /// The journal records of its occurrences, and how many.
+    /// The journal records of its occurrences, as text and as numbers.
     pub records: String,
-    pub n_records: usize,
+    pub list: Vec<(u64, i64, u64)>,
     /// Oldest and newest occurrence time in the batch (Unix ns), for log lines.
     pub oldest: i64,
     pub newest: i64,
@@ -111,7 +112,7 @@ impl Batch {
         self.records.push(' ');
         push_hex16(&mut self.records, hash);
         self.records.push('\n');
-        self.n_records += 1;
+        self.list.push((key, count, hash));
     }
 
     /// Adds one line (and its structured metadata, an encoded JSON object) to the stream of
@@ -234,7 +235,10 @@ impl Batch {
                 let cap = self.records.len();
                 std::mem::replace(&mut self.records, String::with_capacity(cap))
             },
-            n_records: std::mem::replace(&mut self.n_records, 0),
+            list: {
+                let cap = self.list.len();
+                std::mem::replace(&mut self.list, Vec::with_capacity(cap))
+            },
             oldest,
             newest,
         };
@@ -400,7 +404,7 @@ mod tests {
             b.push(labels("a", "Pod", "Warning"), 1, Line::Plain("z"), None);
             b.record(1, 1, 1);
             let sealed = b.seal(&schema(vec![]), Vec::new());
-            assert_eq!(sealed.n_records, 1);
+            assert_eq!(sealed.list.len(), 1);
             bodies.push(String::from_utf8(sealed.body).unwrap());
         }
         assert_eq!(bodies[0], bodies[1]);

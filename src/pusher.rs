@@ -48,7 +48,7 @@ struct Item {
 struct Uncommitted {
     seq: u64,
     records: String,
-    n: usize,
+    list: Vec<(u64, i64, u64)>,
     rv: String,
     safe: bool,
 }
@@ -157,7 +157,7 @@ impl Pusher {
             self.uncommitted.push_back(Uncommitted {
                 seq,
                 records: String::new(),
-                n: 0,
+                list: Vec::new(),
                 rv: rv.clone(),
                 safe: true,
             });
@@ -206,7 +206,7 @@ impl Pusher {
         self.uncommitted.push_back(Uncommitted {
             seq,
             records: sealed.records,
-            n: sealed.n_records,
+            list: sealed.list,
             rv: rv.clone(),
             safe: spooled,
         });
@@ -230,7 +230,7 @@ impl Pusher {
             if !u.safe {
                 return;
             }
-            if let Err(e) = self.store.commit(u.seq, &u.records, u.n, &u.rv) {
+            if let Err(e) = self.store.commit_records(u.seq, &u.records, &u.list, &u.rv) {
                 Stats::add(&self.stats.spool_write_errors, 1);
                 error!("cannot write the journal: {e}; will try again");
                 return;

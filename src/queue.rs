@@ -271,7 +271,7 @@ mod tests {
         let (first, rv) = &t.sealed[0];
         assert!(first.body.len() <= 2048, "{}", first.body.len());
         assert_eq!(rv, &format!("{}", 10 + first.entries - 1));
-        assert_eq!(first.n_records, first.entries);
+        assert_eq!(first.list.len(), first.entries);
         q.close(Instant::now() + Duration::from_secs(10));
         let t2 = q.take();
         let total: usize = t

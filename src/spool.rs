@@ -211,8 +211,6 @@ pub struct Store {
     /// The memory of shipped occurrences; its `committed` part is what a restart would start
     /// from.
     memory: SharedMemory,
-    /// The records of the batch being committed (reused).
-    parsed: Vec<(u64, Shipped)>,
     rv: String,
     next_seq: u64,
     retention_secs: u64,
@@ -321,7 +319,6 @@ impl Store {
             journal_bytes,
             checkpoint_bytes,
             memory: std::sync::Arc::new(std::sync::Mutex::new(Memory::new(shipped))),
-            parsed: Vec::new(),
             rv,
             next_seq: max_seq + 1,
             retention_secs,
@@ -425,6 +422,21 @@ impl Store {
     /// Appends a batch's records (lines `key count hash`) and the resourceVersion they cover to
     /// the journal, durably.
     pub fn commit(&mut self, seq: u64, records: &str, n: usize, rv: &str) -> io::Result<()> {
+        let mut list = Vec::with_capacity(n);
+        apply_records(records, 0, |key, s| list.push((key, i64::from(s.count), s.hash)));
+        self.commit_records(seq, records, &list, rv)
+    }
+
+    /// `commit` of records the batch also kept as numbers (`key, count, hash`), which the
+    /// pusher has: no parsing of the text back.
+    pub fn commit_records(
+        &mut self,
+        seq: u64,
+        records: &str,
+        list: &[(u64, i64, u64)],
+        rv: &str,
+    ) -> io::Result<()> {
+        let n = list.len();
         if n == 0 && rv == self.rv {
             return Ok(());
         }
@@ -436,14 +448,11 @@ impl Store {
         self.journal.write_all(block.as_bytes())?;
         self.journal.sync_data()?;
         self.journal_bytes += block.len() as u64;
-        // Parsed before taking the lock, and applied a slice at a time: the watcher takes the
-        // same lock for every event.
-        self.parsed.clear();
-        apply_records(records, at, |key, s| self.parsed.push((key, s)));
-        for chunk in self.parsed.chunks(256) {
+        // A slice at a time: the watcher takes the same lock for every event.
+        for chunk in list.chunks(256) {
             let mut memory = lock(&self.memory);
-            for &(key, s) in chunk {
-                memory.commit(key, s);
+            for &(key, count, hash) in chunk {
+                memory.commit(key, Shipped::new(count, hash, at));
             }
         }
         if !rv.is_empty() {
