@@ -4,7 +4,8 @@
 //!
 //! The types borrow from the frame buffer: strings without escapes are not copied, and fields
 //! kube-event never needs (`managedFields`, annotations, …) are skipped by the reader
-//! (`scan.rs`). List pages and API errors are read with serde.
+//! (`scan.rs`, which also cuts list pages into items). API errors (`Status`) are read with
+//! serde.
 
 use std::borrow::Cow;
 
@@ -30,24 +31,6 @@ impl std::ops::Deref for Text<'_> {
     fn deref(&self) -> &str {
         &self.0
     }
-}
-
-/// A page of `GET /api/v1/events`.
-#[derive(Deserialize)]
-pub struct List<'a> {
-    #[serde(borrow, default)]
-    pub metadata: ListMeta<'a>,
-    #[serde(borrow, default)]
-    pub items: Vec<&'a serde_json::value::RawValue>,
-}
-
-/// Once per page: serde's owned strings are fine here.
-#[derive(Deserialize, Default)]
-pub struct ListMeta<'a> {
-    #[serde(rename = "resourceVersion", borrow, default)]
-    pub resource_version: Option<Cow<'a, str>>,
-    #[serde(rename = "continue", borrow, default)]
-    pub continue_: Option<Cow<'a, str>>,
 }
 
 /// `metav1.Status`, the object of an ERROR frame and the body of most API errors.

@@ -77,6 +77,71 @@ pub fn frame(input: &[u8]) -> Result<Frame<'_>> {
     Ok(Frame { kind, object, raw })
 }
 
+/// A page of `GET /api/v1/events`: the items' texts, to be read one by one with [`event`].
+pub struct ListPage<'a> {
+    pub resource_version: Option<Text<'a>>,
+    pub continue_: Option<Text<'a>>,
+    pub items: Vec<&'a [u8]>,
+}
+
+/// Reads a list page, finding where each item starts and ends (an item is only checked for
+/// its nesting here; `event` reads it).
+pub fn list(input: &[u8]) -> Result<ListPage<'_>> {
+    let mut r = Reader { b: input, i: 0 };
+    let mut page = ListPage {
+        resource_version: None,
+        continue_: None,
+        items: Vec::new(),
+    };
+    r.ws();
+    r.object(|r, key| {
+        match &*key {
+            b"metadata" => r.object(|r, key| {
+                match &*key {
+                    b"resourceVersion" => page.resource_version = r.opt_string()?,
+                    b"continue" => page.continue_ = r.opt_string()?,
+                    _ => r.skip()?,
+                }
+                Ok(())
+            })?,
+            b"items" => {
+                if r.literal(b"null") {
+                    return Ok(());
+                }
+                r.eat(b'[', "expected an array")?;
+                r.ws();
+                if r.peek() == Some(b']') {
+                    r.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    r.ws();
+                    let start = r.i;
+                    if r.peek() != Some(b'{') {
+                        return r.err("expected an object");
+                    }
+                    r.skip()?;
+                    page.items.push(&input[start..r.i]);
+                    r.ws();
+                    match r.peek() {
+                        Some(b',') => r.i += 1,
+                        Some(b']') => {
+                            r.i += 1;
+                            return Ok(());
+                        }
+                        None => return r.err("EOF while parsing a list"),
+                        Some(_) => return r.err("expected `,` or `]`"),
+                    }
+                }
+            }
+            _ => r.skip()?,
+        }
+        Ok(())
+    })?;
+    r.end()?;
+    Ok(page)
+}
+
 /// Reads one Event object (a list item).
 pub fn event(input: &[u8]) -> Result<Event<'_>> {
     let mut r = Reader { b: input, i: 0 };
@@ -1049,6 +1114,43 @@ mod tests {
         }
         // Most generated frames are valid; some are refused by both (a number out of range).
         assert!(ok > 2000, "{ok} read, {refused} refused");
+    }
+
+    #[test]
+    fn list_pages_are_cut_into_the_items_serde_json_sees() {
+        for name in ["list-page1.json", "list-page2.json"] {
+            let text = fixture(name);
+            let page = list(text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let items = v["items"].as_array().unwrap();
+            assert_eq!(page.items.len(), items.len(), "{name}");
+            for (got, want) in page.items.iter().zip(items) {
+                let got: Value = serde_json::from_slice(got).unwrap();
+                assert_eq!(&got, want);
+            }
+            let s = |v: &Value| v.as_str().map(str::to_string);
+            assert_eq!(
+                page.resource_version.as_deref().map(str::to_string),
+                s(&v["metadata"]["resourceVersion"])
+            );
+            assert_eq!(
+                page.continue_.as_deref().map(str::to_string),
+                s(&v["metadata"]["continue"])
+            );
+        }
+        let empty =
+            list(br#"{"kind":"EventList","metadata":{"resourceVersion":"9"},"items":null}"#)
+                .unwrap();
+        assert!(empty.items.is_empty());
+        assert_eq!(empty.resource_version.as_deref(), Some("9"));
+        for bad in [
+            &br#"{"items":[{"a":1}"#[..],
+            br#"{"items":[1]}"#,
+            br#"{"items":{}}"#,
+            br#"{"metadata":{"resourceVersion":5},"items":[]}"#,
+        ] {
+            assert!(list(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

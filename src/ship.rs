@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use serde_json::value::RawValue;
 
 use crate::batch::Line;
 use crate::event::{Event, Field};
@@ -97,20 +96,32 @@ impl Shipper {
     }
 
     /// A list item (or any object as raw JSON): parses it and offers it.
-    pub fn offer(&mut self, raw: &RawValue, rv: &mut String) -> Result<(), OutputClosed> {
-        let ev = match crate::scan::event(raw.get().as_bytes()) {
+    pub fn offer(&mut self, raw: &[u8], rv: &mut String) -> Result<(), OutputClosed> {
+        let parsed = crate::scan::event(raw).and_then(|ev| {
+            // The object's text, for LINE_FORMAT=raw.
+            let text = if self.needs_raw() {
+                Some(std::str::from_utf8(raw).map_err(|e| crate::scan::Error {
+                    at: e.valid_up_to(),
+                    what: "invalid UTF-8 in the object",
+                })?)
+            } else {
+                None
+            };
+            Ok((ev, text))
+        });
+        let (ev, text) = match parsed {
             Ok(ev) => ev,
             Err(e) => {
                 Stats::add(&self.stats.received, 1);
                 Stats::add(&self.stats.malformed, 1);
                 warn!(
                     "skipping an event that does not parse ({e}): {}",
-                    head(raw.get())
+                    head(&String::from_utf8_lossy(raw))
                 );
                 return Ok(());
             }
         };
-        self.offer_event(&ev, Some(raw.get()), rv)
+        self.offer_event(&ev, text, rv)
     }
 
     /// An ADDED or MODIFIED object, or a list item: ships it if it shows a new occurrence.
@@ -306,11 +317,11 @@ mod tests {
         }
     }
 
-    fn raw(uid: &str, count: i64, last: &str, extra: &str) -> Box<RawValue> {
-        RawValue::from_string(format!(
+    fn raw(uid: &str, count: i64, last: &str, extra: &str) -> Vec<u8> {
+        format!(
             r#"{{"metadata":{{"uid":"{uid}","namespace":"ns","name":"e","resourceVersion":"{extra}"}},"involvedObject":{{"kind":"Pod","name":"p"}},"reason":"BackOff","type":"Warning","count":{count},"lastTimestamp":"{last}"}}"#
-        ))
-        .unwrap()
+        )
+        .into_bytes()
     }
 
     #[test]
@@ -402,11 +413,7 @@ mod tests {
             r#"{"metadata":"nope"}"#,
             r#"[]"#,
         ] {
-            s.offer(
-                &RawValue::from_string(bad.to_string()).unwrap(),
-                &mut String::new(),
-            )
-            .unwrap();
+            s.offer(bad.as_bytes(), &mut String::new()).unwrap();
         }
         assert_eq!(Stats::get(&stats.malformed), 3);
         assert_eq!(q.pending(), 0);

@@ -423,7 +423,9 @@ impl Store {
     /// the journal, durably.
     pub fn commit(&mut self, seq: u64, records: &str, n: usize, rv: &str) -> io::Result<()> {
         let mut list = Vec::with_capacity(n);
-        apply_records(records, 0, |key, s| list.push((key, i64::from(s.count), s.hash)));
+        apply_records(records, 0, |key, s| {
+            list.push((key, i64::from(s.count), s.hash))
+        });
         self.commit_records(seq, records, &list, rv)
     }
 

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::event::List;
 use crate::filter::Scope;
 use crate::kube::client::{self, Client, WATCH_TIMEOUT_SECS};
 use crate::scan;
@@ -144,7 +143,7 @@ impl Watcher {
                 });
             }
         };
-        let list: List = match serde_json::from_slice(&body) {
+        let list = match scan::list(&body) {
             Ok(l) => l,
             Err(e) => {
                 error!(
@@ -162,9 +161,9 @@ impl Watcher {
             self.shipper().offer(item, &mut item_rv)?;
         }
         self.listed += list.items.len();
-        let page_rv = list.metadata.resource_version.as_deref().unwrap_or("");
+        let page_rv = list.resource_version.as_deref().unwrap_or("");
         let rv = rv.unwrap_or_else(|| page_rv.to_string());
-        match list.metadata.continue_.as_deref().filter(|c| !c.is_empty()) {
+        match list.continue_.as_deref().filter(|c| !c.is_empty()) {
             Some(c) => Ok(State::Listing {
                 continue_: c.to_string(),
                 rv,

@@ -154,13 +154,12 @@ impl Client {
             .limit(16 << 20)
             .read_to_vec()
             .map_err(|e| Error::Transport(format!("reading the list: {e}")))?;
-        let list: crate::event::List = serde_json::from_slice(&body)
+        let list = crate::scan::list(&body)
             .map_err(|e| Error::Transport(format!("the list does not parse: {e}")))?;
         let rv = list
-            .metadata
             .resource_version
-            .unwrap_or_default()
-            .into_owned();
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
         Ok((list.items.len(), rv))
     }
 
