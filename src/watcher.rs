@@ -55,6 +55,8 @@ pub struct Watcher {
     shutdown: Shutdown,
     backoff: Backoff,
     line: Vec<u8>,
+    /// The body of the list page being read (reused while listing).
+    page: Vec<u8>,
     listed: usize,
     /// Complete lists so far (the ones after the first are relists).
     lists: u64,
@@ -83,6 +85,7 @@ impl Watcher {
             shutdown,
             backoff: Backoff::apiserver(),
             line: Vec::with_capacity(64 * 1024),
+            page: Vec::new(),
             listed: 0,
             lists: 0,
             on_listed,
@@ -117,15 +120,31 @@ impl Watcher {
     }
 
     fn list(&mut self, continue_: Option<&str>, rv: Option<String>) -> Result<State, OutputClosed> {
+        let mut page = std::mem::take(&mut self.page);
+        let next = self.list_page(&mut page, continue_, rv);
+        // Kept for the next page; given back once the list is complete.
+        if let Ok(State::Listing { .. }) = next {
+            self.page = page;
+        }
+        next
+    }
+
+    fn list_page(
+        &mut self,
+        body: &mut Vec<u8>,
+        continue_: Option<&str>,
+        rv: Option<String>,
+    ) -> Result<State, OutputClosed> {
         if continue_.is_none() {
             self.listed = 0;
         }
-        let body = match self.client.list_page(
+        match self.client.list_page(
             &self.scope.path,
             self.scope.field_selector.as_deref(),
             continue_,
+            body,
         ) {
-            Ok(b) => b,
+            Ok(()) => {}
             Err(client::Error::Status {
                 code: 410, message, ..
             }) => {
@@ -143,12 +162,12 @@ impl Watcher {
                 });
             }
         };
-        let list = match scan::list(&body) {
+        let list = match scan::list(body) {
             Ok(l) => l,
             Err(e) => {
                 error!(
                     "the API server sent a list that does not parse ({e}): {}",
-                    head(&String::from_utf8_lossy(&body))
+                    head(&String::from_utf8_lossy(body))
                 );
                 self.pause(None);
                 return Ok(State::Empty);

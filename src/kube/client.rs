@@ -126,7 +126,8 @@ impl Client {
         path: &str,
         selector: Option<&str>,
         continue_token: Option<&str>,
-    ) -> Result<Vec<u8>, Error> {
+        body: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         let mut url = format!("{}{path}?limit={PAGE_SIZE}", self.server);
         if let Some(f) = selector {
             url.push_str("&fieldSelector=");
@@ -137,11 +138,15 @@ impl Client {
             percent_encode(c, &mut url);
         }
         let mut resp = self.get(&self.list_agent, &url)?;
-        resp.body_mut()
-            .with_config()
-            .limit(512 << 20)
-            .read_to_vec()
-            .map_err(|e| Error::Transport(format!("reading the list from {url}: {e}")))
+        // Into the caller's buffer, reused page after page (a fresh ~600 KB buffer per page
+        // was a new mapping to fault in, in the static binary).
+        body.clear();
+        std::io::Read::read_to_end(
+            &mut resp.body_mut().with_config().limit(512 << 20).reader(),
+            body,
+        )
+        .map(|_| ())
+        .map_err(|e| Error::Transport(format!("reading the list from {url}: {e}")))
     }
 
     /// For `--check`: one list item at most. Returns how many came and the resourceVersion.
