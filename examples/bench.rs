@@ -1251,7 +1251,6 @@ fn stage_parse(frames: &[&[u8]]) -> usize {
 /// queue seals (1 MiB each, as BATCH_MAX_BYTES by default).
 #[inline(never)]
 fn stage_offer(frames: &[&[u8]]) -> Vec<Vec<u8>> {
-    use kube_event::event::Field;
     use kube_event::queue::Queue;
     use kube_event::ship::{Output, Settings, Shipper};
 
@@ -1266,18 +1265,7 @@ fn stage_offer(frames: &[&[u8]]) -> Vec<Vec<u8>> {
         schema,
         String::new(),
     ));
-    let settings = Settings {
-        detailed: false,
-        retention_secs: 7200,
-        max_line_bytes: 256 * 1024,
-        filter: kube_event::filter::Filter::new(kube_event::config::Filters {
-            min_count: 1,
-            ..Default::default()
-        }),
-        fields: vec![Field::Namespace, Field::Kind, Field::Type],
-        format: kube_event::format::LineFormat::Json,
-        structured_metadata: false,
-    };
+    let settings = Settings::default();
     let stats = Arc::new(kube_event::stats::Stats::default());
     let mut shipper = Shipper::new(Output::Loki(q.clone()), stats, settings, Default::default());
     let mut rv = String::new();

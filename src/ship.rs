@@ -67,6 +67,25 @@ pub struct Settings {
     pub structured_metadata: bool,
 }
 
+impl Default for Settings {
+    /// What the sample kube-event.conf's defaults make (for the benchmark and tests; `run`
+    /// builds the real one from the configuration).
+    fn default() -> Settings {
+        Settings {
+            detailed: false,
+            retention_secs: 7200,
+            max_line_bytes: 256 * 1024,
+            filter: Filter::new(crate::config::Filters {
+                min_count: 1,
+                ..Default::default()
+            }),
+            fields: vec![Field::Namespace, Field::Kind, Field::Type],
+            format: LineFormat::Json,
+            structured_metadata: false,
+        }
+    }
+}
+
 impl Shipper {
     pub fn new(output: Output, stats: Arc<Stats>, settings: Settings, seen: SharedMemory) -> Self {
         Shipper {
@@ -303,18 +322,7 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings {
-            detailed: false,
-            retention_secs: 7200,
-            max_line_bytes: 256 * 1024,
-            filter: Filter::new(crate::config::Filters {
-                min_count: 1,
-                ..Default::default()
-            }),
-            fields: vec![Field::Namespace, Field::Kind, Field::Type],
-            format: LineFormat::Json,
-            structured_metadata: false,
-        }
+        Settings::default()
     }
 
     fn raw(uid: &str, count: i64, last: &str, extra: &str) -> Vec<u8> {

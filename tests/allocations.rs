@@ -9,7 +9,6 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube_event::event::Field;
 use kube_event::queue::Queue;
 use kube_event::ship::{Output, Settings, Shipper};
 
@@ -72,18 +71,7 @@ fn allocations_per_event(frames: &[String], measured: usize) -> f64 {
         schema,
         String::new(),
     ));
-    let settings = Settings {
-        detailed: false,
-        retention_secs: 7200,
-        max_line_bytes: 256 * 1024,
-        filter: kube_event::filter::Filter::new(kube_event::config::Filters {
-            min_count: 1,
-            ..Default::default()
-        }),
-        fields: vec![Field::Namespace, Field::Kind, Field::Type],
-        format: kube_event::format::LineFormat::Json,
-        structured_metadata: false,
-    };
+    let settings = Settings::default();
     let stats = Arc::new(kube_event::stats::Stats::default());
     let mut shipper = Shipper::new(Output::Loki(q.clone()), stats, settings, Default::default());
     let mut rv = String::with_capacity(64);
