@@ -217,7 +217,7 @@ pub fn render(s: &Stats, started_ms: u64) -> String {
         (
             "kube_event_filtered_total",
             "Occurrences left out by filters.",
-            0,
+            g(&s.filtered),
         ),
         (
             "kube_event_malformed_total",
@@ -400,6 +400,7 @@ mod tests {
         stats.push_attempt(0, Some(204), Duration::from_millis(30));
         stats.push_attempt(1, None, Duration::from_secs(100));
         Stats::add(&stats.dropped_spool_full, 3);
+        Stats::add(&stats.filtered, 2);
 
         let m = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
@@ -414,6 +415,7 @@ mod tests {
             "kube_event_push_duration_seconds_bucket{le=\"+Inf\"} 2",
             "kube_event_push_duration_seconds_count 2",
             "kube_event_dropped_total{reason=\"spool_full\"} 3",
+            "kube_event_filtered_total 2",
             "kube_event_up 1",
         ] {
             assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
