@@ -11,31 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+// Only the line schema from `tests/support/`: the rest (fake servers) is not needed here.
+#[path = "support/schema.rs"]
+mod schema;
+use schema::LINE_KEYS;
+
 const EVENTS_DASHBOARD: &str = "deploy/grafana-dashboard.json";
 const METRICS_DASHBOARD: &str = "deploy/grafana-dashboard-metrics.json";
 
 /// Labels of kube-event's Loki streams: its own four, and `cluster`, which operators set with
 /// `LABELS` (absent streams match `cluster=~".*"`).
 const STREAM_LABELS: &[&str] = &["job", "namespace", "kind", "type", "cluster"];
-
-/// Keys of the JSON line (README, "What is shipped").
-const LINE_KEYS: &[&str] = &[
-    "time",
-    "type",
-    "reason",
-    "namespace",
-    "kind",
-    "name",
-    "field_path",
-    "message",
-    "count",
-    "first_seen",
-    "component",
-    "host",
-    "event_uid",
-    "event_name",
-    "object_uid",
-];
 
 /// Grafana's built-in variables a query may use.
 const BUILTIN_VARIABLES: &[&str] = &[

@@ -132,26 +132,7 @@ fn line_labels_and_timestamp_are_those_of_the_occurrence() {
     // serde_json sorts keys: read their order from the raw line.
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
     keys.sort_by_key(|k| e.line.find(&format!("\"{k}\":")).unwrap());
-    assert_eq!(
-        keys,
-        [
-            "time",
-            "type",
-            "reason",
-            "namespace",
-            "kind",
-            "name",
-            "field_path",
-            "message",
-            "count",
-            "first_seen",
-            "component",
-            "host",
-            "event_uid",
-            "event_name",
-            "object_uid"
-        ]
-    );
+    assert_eq!(keys, support::schema::LINE_KEYS);
     assert_eq!(v["time"], ts.as_str());
     assert_eq!(v["message"], "Back-off \"restarting\" web");
     assert_eq!(v["count"], 3);

@@ -13,6 +13,7 @@ pub mod loki;
 pub mod pki;
 pub mod proc;
 pub mod rig;
+pub mod schema;
 pub mod util;
 
 #[allow(unused_imports)]
