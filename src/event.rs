@@ -233,7 +233,7 @@ impl<'a> Event<'a> {
         }
         // Keep the longest prefix of the message whose escaped form, with the marker, fits.
         let others = out.len() - escaped_len(msg);
-        let marker = "… [kube-event: ".len() + 20 + " bytes cut]".len();
+        let marker = CUT_OPEN.len() + 20 + CUT_CLOSE.len();
         let keep = prefix_fitting(msg, max.saturating_sub(others + marker), escaped_len);
         self.render::<false>(occ, &msg[..keep], msg.len() - keep, out);
         true
@@ -300,9 +300,9 @@ impl<'a> Event<'a> {
         } else {
             out.push_str(member!("message")[NESTED as usize]);
             write_escaped::<NESTED>(message, out);
-            out.push_str("… [kube-event: ");
+            out.push_str(CUT_OPEN);
             push_decimal(out, cut as i64);
-            out.push_str(" bytes cut]");
+            out.push_str(CUT_CLOSE);
             quote::<NESTED>(out);
         }
         out.push_str([",\"count\":", ",\\\"count\\\":"][NESTED as usize]);
@@ -388,6 +388,11 @@ impl<'e> Labels<'e> {
         &self.values[..self.len]
     }
 }
+
+/// What ends a cut message: `CUT_OPEN`, the number of bytes cut, `CUT_CLOSE` (every line
+/// format writes the same marker).
+pub(crate) const CUT_OPEN: &str = "… [kube-event: ";
+pub(crate) const CUT_CLOSE: &str = " bytes cut]";
 
 /// Appends `v` in decimal, digit by digit: no `fmt` machinery on the event path (counts,
 /// timestamps of push bodies, journal records).
@@ -695,12 +700,7 @@ mod tests {
             );
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let m = v["message"].as_str().unwrap();
-            let kept = m.find("… [kube-event: ").unwrap();
-            let cut: usize = m[kept..]
-                .trim_start_matches("… [kube-event: ")
-                .trim_end_matches(" bytes cut]")
-                .parse()
-                .unwrap();
+            let (kept, cut) = crate::testutil::cut_marker(m);
             assert_eq!(kept + cut, msg.len());
             assert_eq!(v["count"], 1);
         }
@@ -897,7 +897,7 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
                 let m = v["message"].as_str().unwrap();
                 if cut {
-                    let kept = m.find("… [kube-event: ").unwrap();
+                    let (kept, _) = crate::testutil::cut_marker(m);
                     assert!(msg.starts_with(&m[..kept]), "{max}");
                     assert!(plain.len() <= max || kept == 0, "{max}: {}", plain.len());
                     // The longest prefix whose escaped form fits beside the other members
@@ -905,7 +905,7 @@ mod tests {
                     let mut full = String::new();
                     assert!(!ev.write_line(&occ, &mut full, usize::MAX));
                     let others = full.len() - reference_escape(&msg).len();
-                    let marker = "… [kube-event: ".len() + 20 + " bytes cut]".len();
+                    let marker = CUT_OPEN.len() + 20 + CUT_CLOSE.len();
                     let budget = max.saturating_sub(others + marker);
                     assert_eq!(kept, reference_prefix(&msg, budget), "{max}");
                 } else {

@@ -4,7 +4,7 @@
 //! Pure functions, no I/O. Like the JSON line, each gives the same bytes for the same
 //! occurrence every time.
 
-use crate::event::prefix_fitting;
+use crate::event::{prefix_fitting, CUT_CLOSE, CUT_OPEN};
 use serde_json::Value;
 
 /// `LINE_FORMAT`.
@@ -334,7 +334,7 @@ pub fn raw_line(object_json: &str, out: &mut String, max: usize) -> Result<bool,
         return Ok(false);
     }
     let others = out.len() - serde_escaped_len(msg) - 2;
-    let fixed = others + 2 + "… [kube-event: ".len() + " bytes cut]".len();
+    let fixed = others + 2 + CUT_OPEN.len() + CUT_CLOSE.len();
     // N has at most as many digits as the message's length; fewer digits leave more room.
     // Take the fewest digits that N (for the prefix that room allows) really fits in.
     let mut keep = 0;
@@ -346,9 +346,9 @@ pub fn raw_line(object_json: &str, out: &mut String, max: usize) -> Result<bool,
     }
     let cut = msg.len() - keep;
     msg.truncate(keep);
-    msg.push_str("… [kube-event: ");
+    msg.push_str(CUT_OPEN);
     msg.push_str(&cut.to_string());
-    msg.push_str(" bytes cut]");
+    msg.push_str(CUT_CLOSE);
     write_compact(&v, out)?;
     Ok(true)
 }
@@ -548,12 +548,7 @@ mod tests {
             assert!(out.len() <= max, "{max}: {}", out.len());
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let m = v["message"].as_str().unwrap();
-            let kept = m.find("… [kube-event: ").unwrap();
-            let cut: usize = m[kept..]
-                .trim_start_matches("… [kube-event: ")
-                .trim_end_matches(" bytes cut]")
-                .parse()
-                .unwrap();
+            let (kept, cut) = crate::testutil::cut_marker(m);
             assert_eq!(kept + cut, msg.len(), "{max}");
             assert_eq!(&m[..kept], &msg[..kept]);
             // The longest prefix: one more char would not fit.

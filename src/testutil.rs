@@ -3,6 +3,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// A cut message's marker read back: (bytes of the message kept, bytes cut as the marker says).
+pub fn cut_marker(message: &str) -> (usize, usize) {
+    use crate::event::{CUT_CLOSE, CUT_OPEN};
+    let kept = message.find(CUT_OPEN).expect("a cut marker");
+    let cut = message[kept + CUT_OPEN.len()..]
+        .strip_suffix(CUT_CLOSE)
+        .expect("the marker ends the message")
+        .parse()
+        .expect("a number of bytes");
+    (kept, cut)
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 
