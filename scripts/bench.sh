@@ -241,6 +241,17 @@ kill_pid() {
 
 # ---------------------------------------------------------------------------------------------
 
+
+# The end of every mode: the entry count, a SIGTERM (timed), the log's warnings, and the
+# generator and the sink stopped. $1: the mode's folder, $2: kube-event's log to scan.
+finish_mode() {
+    check_count "$1"
+    stop "$KE_PID" 20
+    printf '  %-34s %s\n' "stopped (SIGTERM)" "$STOPPED"
+    warnings "$2"
+    kill_pid "$API_PID"
+    kill_pid "$SINK_PID"
+}
 mode_storm() {
     local d=$WORK/storm
     mkdir -p "$d"
@@ -283,12 +294,7 @@ mode_storm() {
         "$(fmt %.3f "$(calc "($c1 - $c0) / $HZ / (($t1 - $t0) / 1e9) * 100")")" "$((c1 - c0))" \
         "$(fmt %.1f "$(calc "($t1 - $t0) / 1e9")")" \
         "$(fmt %.4f "$(calc "($s1 - $s0) / ($t1 - $t0) * 100")")"
-    check_count "$d"
-    stop "$KE_PID" 20
-    printf '  %-34s %s\n' "stopped (SIGTERM)" "$STOPPED"
-    warnings "$d/kube-event.err"
-    kill_pid "$API_PID"
-    kill_pid "$SINK_PID"
+    finish_mode "$d" "$d/kube-event.err"
 }
 
 mode_cold() {
@@ -312,12 +318,7 @@ mode_cold() {
         "$(fmt %.3f "$(calc "($first - $t0) / 1e9")")" \
         "$(fmt %.3f "$(calc "($(cut -d' ' -f2 <<<"$dl") - $first) / 1e9")")"
     bytes_line "$dl"
-    check_count "$d"
-    stop "$KE_PID" 20
-    printf '  %-34s %s\n' "stopped (SIGTERM)" "$STOPPED"
-    warnings "$d/kube-event.err"
-    kill_pid "$API_PID"
-    kill_pid "$SINK_PID"
+    finish_mode "$d" "$d/kube-event.err"
 }
 
 # The entries in the spool, from the batch headers ("KUBE-EVENT BATCH 1 <seq> <entries> ...").
@@ -366,12 +367,7 @@ mode_drain() {
     hwm=$(status_kb "$KE_PID" VmHWM)
     report "$t0" "$dl" "$cpu" "$hwm" "$d"
     bytes_line "$dl"
-    check_count "$d"
-    stop "$KE_PID" 20
-    printf '  %-34s %s\n' "stopped (SIGTERM)" "$STOPPED"
-    warnings "$d/kube-event-2.err"
-    kill_pid "$API_PID"
-    kill_pid "$SINK_PID"
+    finish_mode "$d" "$d/kube-event-2.err"
 }
 
 mode_floor() {
