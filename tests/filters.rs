@@ -109,12 +109,7 @@ fn only_matching_occurrences_are_shipped_and_the_rest_are_counted_as_filtered() 
     // 6 list items left out, and once.1's first occurrence.
     assert!(log.contains("shipped 2, filtered 6,"), "{log}");
     // What the API server could do was asked of it.
-    let list = rig
-        .api
-        .requests()
-        .into_iter()
-        .find(|r| r.is_list())
-        .unwrap();
+    let list = rig.api.lists().remove(0);
     assert_eq!(list.path, "/api/v1/events");
     assert_eq!(
         list.q("fieldSelector"),

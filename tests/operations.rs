@@ -76,12 +76,7 @@ fn check_passes_when_everything_works_and_changes_nothing() {
         rig.loki.entries().is_empty(),
         "--check stored something in Loki"
     );
-    let list = rig
-        .api
-        .requests()
-        .into_iter()
-        .find(|r| r.is_list())
-        .unwrap();
+    let list = rig.api.lists().remove(0);
     assert_eq!(list.q("limit"), Some("1"));
 }
 

@@ -478,6 +478,12 @@ impl FakeApiServer {
         self.shared.lock().requests.clone()
     }
 
+    /// The list requests so far (GET of a collection without `watch`), oldest first.
+    pub fn lists(&self) -> Vec<Request> {
+        let s = self.shared.lock();
+        s.requests.iter().filter(|r| r.is_list()).cloned().collect()
+    }
+
     /// Waits until `pred(log)` holds for the request log; returns the log. Panics after
     /// `timeout` listing every request received.
     pub fn wait_for_requests(
