@@ -230,7 +230,7 @@ impl Pusher {
             if !u.safe {
                 return;
             }
-            if let Err(e) = self.store.commit_records(u.seq, &u.records, &u.list, &u.rv) {
+            if let Err(e) = self.store.commit(u.seq, &u.records, &u.list, &u.rv) {
                 Stats::add(&self.stats.spool_write_errors, 1);
                 error!("cannot write the journal: {e}; will try again");
                 return;

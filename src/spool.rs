@@ -420,18 +420,9 @@ impl Store {
     }
 
     /// Appends a batch's records (lines `key count hash`) and the resourceVersion they cover to
-    /// the journal, durably.
-    pub fn commit(&mut self, seq: u64, records: &str, n: usize, rv: &str) -> io::Result<()> {
-        let mut list = Vec::with_capacity(n);
-        apply_records(records, 0, |key, s| {
-            list.push((key, i64::from(s.count), s.hash))
-        });
-        self.commit_records(seq, records, &list, rv)
-    }
-
-    /// `commit` of records the batch also kept as numbers (`key, count, hash`), which the
-    /// pusher has: no parsing of the text back.
-    pub fn commit_records(
+    /// the journal, durably, and moves them into the committed memory. `list` holds the same
+    /// records as numbers, as the batch kept them: the text is not parsed back.
+    pub fn commit(
         &mut self,
         seq: u64,
         records: &str,
@@ -862,6 +853,15 @@ mod tests {
     use super::*;
     use crate::testutil::TempDir;
 
+    /// Commits journal text, parsing the numbers out of it (the pusher has both).
+    fn commit_text(s: &mut Store, seq: u64, records: &str, rv: &str) -> io::Result<()> {
+        let mut list = Vec::new();
+        apply_records(records, 0, |key, r| {
+            list.push((key, i64::from(r.count), r.hash))
+        });
+        s.commit(seq, records, &list, rv)
+    }
+
     fn rec(uid: &str, count: i64, hash: u64) -> String {
         format!("{:016x} {count} {hash:016x}\n", uid_key(uid))
     }
@@ -874,10 +874,9 @@ mod tests {
             let (mut s, r) = Store::open(&dir, 7200).unwrap();
             assert!(r.rv.is_none() && lock(&r.memory).is_empty() && r.batches.is_empty());
             let seq = s.next_seq();
-            s.commit(seq, &(rec("a", 1, 7) + &rec("b", 2, 8)), 2, "100")
-                .unwrap();
+            commit_text(&mut s, seq, &(rec("a", 1, 7) + &rec("b", 2, 8)), "100").unwrap();
             let seq = s.next_seq();
-            s.commit(seq, &rec("a", 3, 9), 1, "105").unwrap();
+            commit_text(&mut s, seq, &rec("a", 3, 9), "105").unwrap();
         }
         let (_, r) = Store::open(&dir, 7200).unwrap();
         assert_eq!(r.rv.as_deref(), Some("105"));
@@ -928,12 +927,17 @@ mod tests {
         let (mut s, _) = Store::open(&dir, 7200).unwrap();
         for i in 0..5 {
             let seq = s.next_seq();
-            s.commit(seq, &rec(&format!("u{i}"), i, i as u64), 1, &format!("{i}"))
-                .unwrap();
+            commit_text(
+                &mut s,
+                seq,
+                &rec(&format!("u{i}"), i, i as u64),
+                &format!("{i}"),
+            )
+            .unwrap();
         }
         s.compact().unwrap();
         let seq = s.next_seq();
-        s.commit(seq, &rec("u9", 9, 9), 1, "9").unwrap();
+        commit_text(&mut s, seq, &rec("u9", 9, 9), "9").unwrap();
         drop(s);
         let (_, r) = Store::open(&dir, 7200).unwrap();
         assert_eq!(lock(&r.memory).len(), 6);
@@ -993,7 +997,7 @@ mod tests {
         let dir = t.join("data");
         let (mut s, _) = Store::open(&dir, 7200).unwrap();
         let seq = s.next_seq();
-        s.commit(seq, &rec("old", 1, 1), 1, "1").unwrap();
+        commit_text(&mut s, seq, &rec("old", 1, 1), "1").unwrap();
         lock(&s.memory)
             .committed
             .get_mut(&uid_key("old"))
