@@ -255,7 +255,7 @@ impl Watcher {
                 }
             }
             frames += 1;
-            let line = trim_ascii(&buf);
+            let line = buf.trim_ascii();
             if line.is_empty() {
                 continue;
             }
@@ -412,16 +412,4 @@ fn scope_note(scope: &Scope) -> String {
     } else {
         format!(" in namespace {}", scope.key)
     }
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    &b[start..end]
 }
