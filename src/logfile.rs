@@ -17,10 +17,7 @@ pub struct RotatingFile {
 }
 
 fn utc_day() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 86_400) as i64)
-        .unwrap_or(0)
+    (crate::time::now_secs() / 86_400) as i64
 }
 
 impl RotatingFile {

@@ -26,6 +26,7 @@ use crate::format::LineFormat;
 use crate::queue::Queue;
 use crate::spool::{uid_key, Memory, SharedMemory, Shipped};
 use crate::stats::Stats;
+use crate::time::now_secs;
 
 /// How often forgotten events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -285,13 +286,6 @@ impl Shipper {
         let keep = self.s.retention_secs;
         self.memory().prune(now, keep);
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The first 200 bytes of a frame, for a log line.

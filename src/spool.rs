@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use log::{debug, warn};
 
 use crate::hash::{hash64, mix};
+use crate::time::now_secs;
 
 /// Version 2: the checksum chains `hash64` over the lines, so a checkpoint is written as it
 /// is produced instead of first as one big string. Version 1 (one hash of the whole text) is
@@ -531,13 +532,6 @@ impl Store {
         );
         Ok(())
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn json_str(s: &str) -> String {

@@ -3,6 +3,14 @@
 //! A hand-written parser: the formats are fixed, and a date crate would be a dependency for
 //! twenty lines.
 
+/// The Unix time in whole seconds (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into nanoseconds since the Unix epoch.
 /// Returns `None` for anything else, including dates before 1970 and after 2262.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
