@@ -24,6 +24,7 @@ pub mod http;
 pub mod kube;
 pub mod logfile;
 pub mod loki;
+pub mod mem;
 pub mod metrics;
 pub mod notify;
 pub mod pusher;
