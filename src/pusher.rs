@@ -12,7 +12,7 @@ use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::batch::Sealed;
-use crate::loki::{self, Client, Outcome};
+use crate::loki::{self, Client, Encoding, Outcome};
 use crate::queue::Queue;
 use crate::spool::{SpoolFile, Store};
 use crate::stats::Stats;
@@ -22,6 +22,10 @@ use crate::time::format_rfc3339;
 /// Two default batches: when Loki is slower than the watcher, later batches are read back
 /// from the spool (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
 const CACHE_MAX: usize = 2 << 20;
+
+/// How many emptied gzipped bodies are kept to compress the next batches into. (Emptied JSON
+/// bodies go back to the queue, which seals batches into them.)
+const WIRE_SPARE_MAX: usize = 2;
 
 /// How long the pipeline is idle before its buffers are released.
 const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(5);
@@ -42,6 +46,8 @@ struct Item {
     /// The push body in memory: always when not spooled; for spooled batches while the
     /// cache has room (`CACHE_MAX`), so a healthy pipeline never reads back what it just wrote.
     body: Option<Vec<u8>>,
+    /// How the body is held, in memory and in the spool.
+    encoding: Encoding,
 }
 
 /// A batch whose records are not in the journal yet. Committed in order, once safe.
@@ -62,8 +68,10 @@ pub struct Pusher {
     uncommitted: VecDeque<Uncommitted>,
     spool_bytes: u64,
     spool_max: u64,
-    /// Bytes of spooled batches' bodies kept in memory.
+    /// Bytes of spooled batches' bodies kept in memory (their buffers' capacity).
     cached: usize,
+    /// Emptied gzipped bodies, to compress the next batches into.
+    wires: Vec<Vec<u8>>,
     backoff: Backoff,
     failures: u32,
     /// The resourceVersion of the last commit attempt that had nothing before it pending.
@@ -90,6 +98,7 @@ impl Pusher {
                 bytes: f.bytes,
                 spooled: true,
                 body: None,
+                encoding: f.encoding,
             })
             .collect();
         let spool_bytes = backlog.iter().map(|i| i.bytes).sum();
@@ -103,6 +112,7 @@ impl Pusher {
             spool_bytes,
             spool_max,
             cached: 0,
+            wires: Vec::new(),
             backoff: Backoff::loki(),
             failures: 0,
             last_rv: rv,
@@ -133,6 +143,7 @@ impl Pusher {
             if !trimmed && busy_at.elapsed() >= IDLE_TRIM {
                 self.queue.trim();
                 self.client.trim();
+                self.wires = Vec::new();
                 trimmed = true;
                 debug!("idle: buffers released");
             }
@@ -167,7 +178,18 @@ impl Pusher {
         self.enforce_limit();
     }
 
-    fn spool(&mut self, sealed: Sealed, rv: String) {
+    fn spool(&mut self, mut sealed: Sealed, rv: String) {
+        // Compressed once, here, as it will be pushed: the spool holds 3.4x more, and neither a
+        // retry nor a drain after an outage compresses again. The JSON buffer goes straight
+        // back to the queue for the next batch.
+        let encoding = self.client.encoding();
+        let mut wire = self.wires.pop().unwrap_or_default();
+        if self.client.encode_into(&sealed.body, &mut wire) {
+            std::mem::swap(&mut wire, &mut sealed.body);
+            self.queue.recycle(Some(wire));
+        } else {
+            self.recycle(Some(wire), Encoding::Gzip);
+        }
         // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
         self.make_room(sealed.body.len() as u64 + 128);
         let seq = self.store.next_seq();
@@ -177,18 +199,19 @@ impl Pusher {
             sealed.oldest,
             sealed.newest,
             &sealed.body,
+            encoding,
         ) {
             Ok(bytes) => {
                 debug!(
                     "spooled batch {seq}: {} entries, {bytes} bytes",
                     sealed.entries
                 );
-                let keep = self.cached + sealed.body.len() <= CACHE_MAX;
+                let keep = self.cached + sealed.body.capacity() <= CACHE_MAX;
                 if keep {
-                    self.cached += sealed.body.len();
+                    self.cached += sealed.body.capacity();
                     (true, Some(sealed.body), bytes)
                 } else {
-                    self.queue.recycle(Some(sealed.body));
+                    self.recycle(Some(sealed.body), encoding);
                     (true, None, bytes)
                 }
             }
@@ -220,6 +243,7 @@ impl Pusher {
             bytes,
             spooled,
             body,
+            encoding,
         });
         self.publish_spool();
     }
@@ -291,25 +315,33 @@ impl Pusher {
         let seq = head.seq;
         // A batch kept in memory: try the spool again first.
         if let (false, Some(body)) = (head.spooled, &head.body) {
-            if let Ok(bytes) =
-                self.store
-                    .write_batch(seq, head.entries, head.oldest, head.newest, body)
-            {
+            if let Ok(bytes) = self.store.write_batch(
+                seq,
+                head.entries,
+                head.oldest,
+                head.newest,
+                body,
+                head.encoding,
+            ) {
                 info!("batch {seq} is in the spool now");
                 self.spool_bytes = self.spool_bytes - head.bytes + bytes;
                 head.bytes = bytes;
                 head.spooled = true;
-                self.cached += body.len();
+                self.cached += body.capacity();
                 self.mark_safe(seq);
             }
         }
         let head = &self.backlog[0];
         // The body comes from the item (kept in memory), else from the spool; `own` also
         // holds a re-stamped body.
+        let mut encoding = head.encoding;
         let mut own: Option<Vec<u8>> = match &head.body {
             Some(_) => None,
             None => match self.store.read_batch(seq, self.queue.spare()) {
-                Ok(b) => Some(b),
+                Ok((b, enc)) => {
+                    encoding = enc;
+                    Some(b)
+                }
                 Err(e) => {
                     let to = self.store.set_aside(seq);
                     error!(
@@ -330,7 +362,7 @@ impl Pusher {
                 (Some(b), _) | (None, Some(b)) => b,
                 (None, None) => &[],
             };
-            let outcome = self.client.push(body);
+            let outcome = self.client.push(body, encoding);
             let took = started.elapsed();
             match &outcome {
                 Outcome::Accepted { status } => self.stats.push_attempt(0, Some(*status), took),
@@ -360,9 +392,12 @@ impl Pusher {
                     status,
                     body: answer,
                 } => {
+                    // The JSON text, for re-stamping and for keeping it readable.
+                    let text = loki::json_text(body, encoding);
                     if fixes < MAX_FIXES {
-                        if let Some((fixed, moved)) =
-                            loki::oldest_acceptable(&answer).and_then(|t| loki::restamp(body, t))
+                        if let Some((fixed, moved)) = loki::oldest_acceptable(&answer)
+                            .zip(text.as_deref().ok())
+                            .and_then(|(t, text)| loki::restamp(text, t))
                         {
                             fixes += 1;
                             Stats::add(&self.stats.restamped, moved as u64);
@@ -373,6 +408,7 @@ impl Pusher {
                                 loki::shorten(&answer, 300)
                             );
                             own = Some(fixed);
+                            encoding = Encoding::Json;
                             continue;
                         }
                     }
@@ -384,7 +420,13 @@ impl Pusher {
                              kube-event.conf"
                         );
                     }
-                    let kept = self.store.keep_rejected(seq, body, status, &answer);
+                    let kept = match &text {
+                        Ok(text) => self.store.keep_rejected(seq, text, "json", status, &answer),
+                        // Kept as it is, then: never lost.
+                        Err(_) => self
+                            .store
+                            .keep_rejected(seq, body, "json.gz", status, &answer),
+                    };
                     error!(
                         "Loki rejected batch {seq} ({entries} entries) with {status}: {}; {kept}",
                         loki::shorten(&answer, 1000)
@@ -439,10 +481,24 @@ impl Pusher {
         if let Some(mut item) = self.backlog.pop_front() {
             debug_assert_eq!(item.seq, seq);
             self.forget_item(&item);
-            self.queue.recycle(item.body.take());
+            self.recycle(item.body.take(), item.encoding);
         }
         self.mark_safe(seq);
         self.publish_spool();
+    }
+
+    /// Keeps an emptied body for reuse: a gzipped one for the next compression, a JSON one
+    /// for the queue to seal into.
+    fn recycle(&mut self, body: Option<Vec<u8>>, encoding: Encoding) {
+        match (body, encoding) {
+            (Some(mut b), Encoding::Gzip) => {
+                if self.wires.len() < WIRE_SPARE_MAX && b.capacity() > 0 {
+                    b.clear();
+                    self.wires.push(b);
+                }
+            }
+            (body, _) => self.queue.recycle(body),
+        }
     }
 
     /// A batch leaves the backlog: its spool file and cached body go.
@@ -451,7 +507,7 @@ impl Pusher {
         if item.spooled {
             self.store.remove_batch(item.seq);
             if let Some(b) = &item.body {
-                self.cached -= b.len();
+                self.cached -= b.capacity();
             }
         }
     }

@@ -161,7 +161,7 @@ impl Queue {
     /// a steady stream of batches reuses the same memory instead of mapping (and faulting in)
     /// a fresh megabyte for each one.
     pub fn recycle(&self, body: Option<Vec<u8>>) {
-        let Some(mut body) = body else {
+        let Some(mut body) = body.filter(|b| b.capacity() > 0) else {
             return;
         };
         let mut st = self.lock();

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use log::{debug, warn};
 
 use crate::hash::{hash64, mix};
+use crate::loki::Encoding;
 use crate::time::now_secs;
 
 /// Version 2: the checksum chains `hash64` over the lines, so a checkpoint is written as it
@@ -31,7 +32,10 @@ use crate::time::now_secs;
 /// still read.
 const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 2";
 const CHECKPOINT_MAGIC_V1: &str = "KUBE-EVENT CHECKPOINT 1";
-const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 1";
+/// Version 2 adds the body's encoding (`json` or `gzip`) at the end of the header. Version 1
+/// files (JSON bodies) are still read.
+const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 2";
+const BATCH_MAGIC_V1: &str = "KUBE-EVENT BATCH 1";
 /// Compact the journal into a checkpoint when it is this large (and larger than twice the
 /// last checkpoint), so a restart replays little.
 const COMPACT_AT: u64 = 8 << 20;
@@ -179,6 +183,7 @@ pub struct SpoolFile {
     pub newest: i64,
     /// Size of the file.
     pub bytes: u64,
+    pub encoding: Encoding,
 }
 
 /// What a previous run left.
@@ -351,7 +356,8 @@ impl Store {
         self.spool_dir.join(format!("{seq:020}.batch"))
     }
 
-    /// Writes a batch to the spool durably. Returns the file size.
+    /// Writes a batch (its push body, held as `encoding`) to the spool durably. Returns the
+    /// file size.
     pub fn write_batch(
         &self,
         seq: u64,
@@ -359,11 +365,13 @@ impl Store {
         oldest: i64,
         newest: i64,
         body: &[u8],
+        encoding: Encoding,
     ) -> io::Result<u64> {
         let header = format!(
-            "{BATCH_MAGIC} {seq} {entries} {oldest} {newest} {} {:016x}\n",
+            "{BATCH_MAGIC} {seq} {entries} {oldest} {newest} {} {:016x} {}\n",
             body.len(),
-            hash64(0, body)
+            hash64(0, body),
+            encoding.name()
         );
         let path = self.batch_path(seq);
         let tmp = path.with_extension("tmp");
@@ -384,20 +392,23 @@ impl Store {
         }
     }
 
-    /// Reads a spooled batch's push body, checking its checksum, into `buf` (a spare buffer
-    /// or an empty one): reading back a batch costs no fresh memory.
-    pub fn read_batch(&self, seq: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
+    /// Reads a spooled batch's push body and its encoding, checking its checksum, into `buf`
+    /// (a spare buffer or an empty one): reading back a batch costs no fresh memory.
+    pub fn read_batch(&self, seq: u64, mut buf: Vec<u8>) -> Result<(Vec<u8>, Encoding), String> {
         let path = self.batch_path(seq);
         buf.clear();
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut buf))
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let (start, len) = parse_batch(&buf)
-            .map(|(_, body)| (body.as_ptr() as usize - buf.as_ptr() as usize, body.len()))
+        let (start, len, encoding) = parse_batch(&buf)
+            .map(|(f, body)| {
+                let start = body.as_ptr() as usize - buf.as_ptr() as usize;
+                (start, body.len(), f.encoding)
+            })
             .map_err(|why| format!("{} is damaged: {why}", path.display()))?;
         buf.copy_within(start..start + len, 0);
         buf.truncate(len);
-        Ok(buf)
+        Ok((buf, encoding))
     }
 
     pub fn remove_batch(&self, seq: u64) {
@@ -414,10 +425,17 @@ impl Store {
         move_aside(&self.dir, &self.batch_path(seq))
     }
 
-    /// Keeps a batch Loki refused for good, with Loki's answer, in `rejected/`. Returns a
-    /// phrase for the log line.
-    pub fn keep_rejected(&self, seq: u64, body: &[u8], status: u16, answer: &str) -> String {
-        keep_rejected(&self.dir.join("rejected"), seq, body, status, answer)
+    /// Keeps a batch Loki refused for good, with Loki's answer, in `rejected/`, as a file
+    /// with the extension `ext`. Returns a phrase for the log line.
+    pub fn keep_rejected(
+        &self,
+        seq: u64,
+        body: &[u8],
+        ext: &str,
+        status: u16,
+        answer: &str,
+    ) -> String {
+        keep_rejected(&self.dir.join("rejected"), seq, body, ext, status, answer)
     }
 
     /// Appends a batch's records (lines `key count hash`) and the resourceVersion they cover to
@@ -694,13 +712,23 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, ShippedMap), String> {
 fn parse_batch(bytes: &[u8]) -> Result<(SpoolFile, &[u8]), String> {
     let end = bytes.iter().position(|&b| b == b'\n').ok_or("no header")?;
     let header = std::str::from_utf8(&bytes[..end]).map_err(|_| "bad header")?;
-    let rest = header
-        .strip_prefix(BATCH_MAGIC)
-        .ok_or("not a kube-event batch")?;
+    let (rest, fields) = match header.strip_prefix(BATCH_MAGIC) {
+        Some(rest) => (rest, 7),
+        None => (
+            header
+                .strip_prefix(BATCH_MAGIC_V1)
+                .ok_or("not a kube-event batch")?,
+            6,
+        ),
+    };
     let p: Vec<&str> = rest.split_whitespace().collect();
-    if p.len() != 6 {
+    if p.len() != fields {
         return Err("bad header".into());
     }
+    let encoding = match p.get(6) {
+        None => Encoding::Json,
+        Some(e) => Encoding::from_name(e).ok_or_else(|| format!("unknown encoding {e:?}"))?,
+    };
     let seq = num(Some(p[0]))?;
     let entries = num(Some(p[1]))?;
     let oldest = num(Some(p[2]))?;
@@ -721,6 +749,7 @@ fn parse_batch(bytes: &[u8]) -> Result<(SpoolFile, &[u8]), String> {
             oldest,
             newest,
             bytes: bytes.len() as u64,
+            encoding,
         },
         body,
     ))
@@ -824,11 +853,18 @@ fn move_aside(dir: &Path, path: &Path) -> String {
 }
 
 /// Writes a rejected batch and Loki's answer to `dir`. Returns a phrase for the log line.
-pub fn keep_rejected(dir: &Path, seq: u64, body: &[u8], status: u16, answer: &str) -> String {
+pub fn keep_rejected(
+    dir: &Path,
+    seq: u64,
+    body: &[u8],
+    ext: &str,
+    status: u16,
+    answer: &str,
+) -> String {
     let base = dir.join(format!("{}-{seq:020}", now_secs()));
     let write = || -> io::Result<()> {
         fs::create_dir_all(dir)?;
-        let mut f = File::create(base.with_extension("json"))?;
+        let mut f = File::create(base.with_extension(ext))?;
         f.write_all(body)?;
         f.sync_all()?;
         fs::write(
@@ -837,7 +873,7 @@ pub fn keep_rejected(dir: &Path, seq: u64, body: &[u8], status: u16, answer: &st
         )
     };
     match write() {
-        Ok(()) => format!("kept in {}.json", base.display()),
+        Ok(()) => format!("kept in {}.{ext}", base.display()),
         Err(e) => format!("could not keep it in {}: {e}", dir.display()),
     }
 }
@@ -896,12 +932,35 @@ mod tests {
         let (mut s, _) = Store::open(&dir, 7200).unwrap();
         let a = s.next_seq();
         let b = s.next_seq();
-        s.write_batch(a, 2, 10, 20, b"{\"streams\":[]}").unwrap();
-        s.write_batch(b, 1, 30, 30, b"{\"streams\":[1]}").unwrap();
-        assert_eq!(s.read_batch(b, Vec::new()).unwrap(), b"{\"streams\":[1]}");
+        s.write_batch(a, 2, 10, 20, b"{\"streams\":[]}", Encoding::Json)
+            .unwrap();
+        s.write_batch(b, 1, 30, 30, b"\x1f\x8bgzip", Encoding::Gzip)
+            .unwrap();
+        let json = (b"{\"streams\":[]}".to_vec(), Encoding::Json);
+        let gzip = (b"\x1f\x8bgzip".to_vec(), Encoding::Gzip);
+        assert_eq!(s.read_batch(a, Vec::new()).unwrap(), json);
+        assert_eq!(s.read_batch(b, Vec::new()).unwrap(), gzip);
         // Into a used buffer, longer than the body.
         let used = vec![b'x'; 4096];
-        assert_eq!(s.read_batch(b, used).unwrap(), b"{\"streams\":[1]}");
+        assert_eq!(s.read_batch(b, used).unwrap(), gzip);
+        // A version 1 file (kube-event before the encoding was written) holds JSON.
+        let c = s.next_seq();
+        let body = b"{\"streams\":[2]}";
+        let v1 = format!(
+            "KUBE-EVENT BATCH 1 {c} 3 40 50 {} {:016x}\n",
+            body.len(),
+            hash64(0, body)
+        );
+        fs::write(
+            dir.join(format!("spool/{c:020}.batch")),
+            [v1.as_bytes(), body].concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.read_batch(c, Vec::new()).unwrap(),
+            (body.to_vec(), Encoding::Json)
+        );
+        fs::remove_file(dir.join(format!("spool/{c:020}.batch"))).unwrap();
         drop(s);
         // Tear the second file.
         let p = dir.join(format!("spool/{b:020}.batch"));
