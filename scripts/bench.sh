@@ -92,6 +92,8 @@ wait_line() {
 # field LINE KEY: the value of key=value in LINE.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# "utime stime" in clock ticks.
+user_sys() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 # CPU time of all live threads in ns (schedstat: finer than clock ticks, for the idle figure).
 sched_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d", s }'; }
@@ -178,7 +180,8 @@ done_line() { wait_line "$1/loki.out" '^DONE ' "${BENCH_TIMEOUT:-150}" "$2"; }
 # report T0_NS DONE_LINE CPU_TICKS HWM_KB [DIR]: the common figures; with DIR also when 99 % of
 # the entries were in (the last batch waits up to PUSH_INTERVAL_SECONDS for more).
 report() {
-    local t0=$1 dl=$2 cpu=$3 hwm=$4 t1 secs
+    local t0=$1 dl=$2 user=${3% *} sys=${3#* } hwm=$4 t1 secs cpu
+    cpu=$((user + sys))
     t1=$(cut -d' ' -f2 <<<"$dl")
     secs=$(calc "($t1 - $t0) / 1e9")
     printf '  %-34s %s s\n' "wall time" "$(fmt %.3f "$secs")"
@@ -189,8 +192,8 @@ report() {
         printf '  %-34s %s s (%s events/s)\n' "99 % of the entries in" \
             "$(fmt %.3f "$(calc "($t99 - $t0) / 1e9")")" "$(fmt %.0f "$(calc "0.99 * $N / (($t99 - $t0) / 1e9)")")"
     fi
-    printf '  %-34s %s µs  (%s ticks of 1/%s s)\n' "CPU per event (user+sys)" \
-        "$(fmt %.2f "$(calc "$cpu / $HZ * 1e6 / $N")")" "$cpu" "$HZ"
+    printf '  %-34s %s µs  (%s ticks of 1/%s s: user %s, sys %s)\n' "CPU per event (user+sys)" \
+        "$(fmt %.2f "$(calc "$cpu / $HZ * 1e6 / $N")")" "$cpu" "$HZ" "$user" "$sys"
     printf '  %-34s %s MB  (%s kB)\n' "peak RSS (VmHWM)" "$(fmt %.1f "$(calc "$hwm / 1024")")" "$hwm"
 }
 
@@ -263,7 +266,7 @@ mode_storm() {
     kube_event "$d" kube-event
     local dl cpu hwm watch
     dl=$(done_line "$d" "$KE_PID")
-    cpu=$(ticks "$KE_PID")
+    cpu=$(user_sys "$KE_PID")
     hwm=$(status_kb "$KE_PID" VmHWM)
     watch=$(grep -m1 '^WATCH ' "$d/api.out" | cut -d' ' -f2)
     report "$watch" "$dl" "$cpu" "$hwm" "$d"
@@ -309,7 +312,7 @@ mode_cold() {
     t0=$(now_ns)
     kube_event "$d" kube-event
     dl=$(done_line "$d" "$KE_PID")
-    cpu=$(ticks "$KE_PID")
+    cpu=$(user_sys "$KE_PID")
     hwm=$(status_kb "$KE_PID" VmHWM)
     report "$t0" "$dl" "$cpu" "$hwm" "$d"
     others
@@ -321,7 +324,7 @@ mode_cold() {
     finish_mode "$d" "$d/kube-event.err"
 }
 
-# The entries in the spool, from the batch headers ("KUBE-EVENT BATCH 1 <seq> <entries> ...").
+# The entries in the spool, from the batch headers ("KUBE-EVENT BATCH 2 <seq> <entries> ..."; version 1 alike).
 spooled() {
     local files
     shopt -s nullglob
@@ -363,7 +366,7 @@ mode_drain() {
     t0=$(now_ns)
     kube_event "$d" kube-event-2
     dl=$(done_line "$d" "$KE_PID")
-    cpu=$(ticks "$KE_PID")
+    cpu=$(user_sys "$KE_PID")
     hwm=$(status_kb "$KE_PID" VmHWM)
     report "$t0" "$dl" "$cpu" "$hwm" "$d"
     bytes_line "$dl"
