@@ -11,12 +11,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use log::debug;
+
 use crate::batch::{Batch, Line, Schema, Sealed};
 use crate::event::Labels;
 
 pub struct Queue {
     state: Mutex<State>,
+    /// The pusher waits on it for work.
     cv: Condvar,
+    /// The watcher waits on it for room (`SEALED_MAX`).
+    room: Condvar,
     interval: Duration,
     max_bytes: usize,
     schema: Schema,
@@ -41,6 +46,13 @@ struct State {
 /// How many spare body buffers are kept (each up to `BATCH_MAX_BYTES`): the one being filled
 /// and the one being pushed, with room for one more.
 const SPARE_MAX: usize = 3;
+
+/// How many sealed batches may wait for the pusher before the watcher waits too. In a storm
+/// the watcher can seal batches faster than the pusher compresses, spools and pushes them
+/// (a push may take up to a minute when Loki is slow); without a bound they would pile up in
+/// memory. Waiting leaves the events in the API server, and the watch goes on from its
+/// resourceVersion (a relist, if it expired meanwhile, ships nothing twice).
+const SEALED_MAX: usize = 2;
 
 /// The resume points of several scopes as one string for the journal: a plain
 /// resourceVersion for the cluster-wide scope alone (what every version of the journal holds),
@@ -90,6 +102,7 @@ impl Queue {
                 spare: Vec::new(),
             }),
             cv: Condvar::new(),
+            room: Condvar::new(),
             interval,
             max_bytes,
             schema,
@@ -121,6 +134,15 @@ impl Queue {
             st.sealed.push_back((sealed, rv));
             st.opened_at = None;
             self.cv.notify_all();
+            if st.sealed.len() > SEALED_MAX && st.closing.is_none() {
+                debug!("{} batches wait for the pusher; waiting for room", st.sealed.len());
+                st = self
+                    .room
+                    .wait_while(st, |st| {
+                        st.sealed.len() > SEALED_MAX && st.closing.is_none()
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+            }
         }
         if st.open.is_empty() {
             st.opened_at = Some(Instant::now());
@@ -189,6 +211,7 @@ impl Queue {
     pub fn close(&self, deadline: Instant) {
         self.lock().closing = Some(deadline);
         self.cv.notify_all();
+        self.room.notify_all();
     }
 
     pub fn closing(&self) -> Option<Instant> {
@@ -207,6 +230,7 @@ impl Queue {
             st.sealed.push_back((sealed, rv));
             st.opened_at = None;
         }
+        self.room.notify_all();
         Taken {
             sealed: st.sealed.drain(..).collect(),
             next_due: st.opened_at.map(|t| t + self.interval),
@@ -260,12 +284,20 @@ mod tests {
             "1".into(),
         );
         let line = "x".repeat(500);
+        // Taken on the way, as the pusher does: more than SEALED_MAX waiting would block.
+        let mut early = Vec::new();
         for i in 0..10 {
             q.append(labels(), i, Line::Plain(&line), None, Some((42, i, 7)));
             q.advance("", &format!("{}", i + 10));
+            if i == 5 {
+                early = q.take().sealed;
+            }
         }
-        assert_eq!(q.pending(), 10);
-        let t = q.take();
+        let taken: usize = early.iter().map(|(b, _)| b.entries).sum();
+        assert!(taken > 0);
+        assert_eq!(q.pending() + taken, 10);
+        let mut t = q.take();
+        t.sealed.splice(0..0, early);
         assert!(!t.sealed.is_empty());
         // The first batch was sealed when the line of frame n arrived: it covers frame n-1.
         let (first, rv) = &t.sealed[0];
@@ -315,6 +347,63 @@ mod tests {
         let q = Queue::new(Duration::from_secs(60), 1 << 20, Schema::default(), rv);
         q.advance("a", "4");
         assert_eq!(q.take().idle_rv.unwrap(), r#"{"a":"4","b":"7"}"#);
+    }
+
+    /// Polls `cond` every millisecond until it holds, for at most 10 s.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_watcher_waits_while_sealed_batches_pile_up_until_taken_or_closing() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        for release in ["take", "close"] {
+            // Every line fills a batch: each append seals the one before.
+            let q = Arc::new(Queue::new(
+                Duration::from_secs(3600),
+                64,
+                Schema::default(),
+                String::new(),
+            ));
+            let done = Arc::new(AtomicUsize::new(0));
+            let (q2, done2) = (q.clone(), done.clone());
+            let line = "x".repeat(40);
+            let appender = std::thread::spawn(move || {
+                for _ in 0..SEALED_MAX + 3 {
+                    q2.append(labels(), 1, Line::Plain(&line), None, None);
+                    done2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            let sealed = || q.lock().sealed.len();
+            eventually("the queue to fill", || sealed() > SEALED_MAX);
+            // Nothing can be awaited for "still waiting": give it time to run ahead, if it would.
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(sealed(), SEALED_MAX + 1, "{release}");
+            assert_eq!(done.load(Ordering::SeqCst), SEALED_MAX + 1, "{release}");
+            assert!(!appender.is_finished());
+            match release {
+                "take" => {
+                    let mut taken = 0;
+                    while !appender.is_finished() {
+                        taken += q.take().sealed.len();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    taken += q.take().sealed.len();
+                    assert_eq!(taken, SEALED_MAX + 2, "the last line is still open");
+                }
+                _ => {
+                    q.close(Instant::now());
+                    eventually("the appender to finish", || appender.is_finished());
+                }
+            }
+            appender.join().unwrap();
+            assert_eq!(done.load(Ordering::SeqCst), SEALED_MAX + 3);
+        }
     }
 
     #[test]
