@@ -244,18 +244,18 @@ impl Watcher {
             if self.shutdown.is_set() {
                 break Some(State::Stopped);
             }
-            match stream.next_line(&mut buf) {
-                Ok(true) => {}
-                Ok(false) => break None,
+            let line = match stream.next_line(&mut buf) {
+                Ok(Some(line)) => line,
+                Ok(None) => break None,
                 Err(e) => {
                     Stats::add(&self.stats.watch_restarts, 1);
                     warn!("watch stream broke after {frames} frames: {e}; watching again from resourceVersion {rv}");
                     self.pause(None);
                     break Some(State::Watching { rv: rv.clone() });
                 }
-            }
+            };
             frames += 1;
-            let line = buf.trim_ascii();
+            let line = line.trim_ascii();
             if line.is_empty() {
                 continue;
             }

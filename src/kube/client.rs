@@ -66,18 +66,86 @@ impl std::fmt::Display for Error {
     }
 }
 
-/// A watch response body, read line by line into a caller-owned buffer.
-pub struct WatchStream {
-    reader: BufReader<BodyReader<'static>>,
+/// A watch response body, read line by line.
+pub struct WatchStream<R = BodyReader<'static>> {
+    reader: BufReader<R>,
+    /// The length of the line last handed out from the reader's buffer, consumed at the next
+    /// call.
+    lent: usize,
 }
 
-impl WatchStream {
-    /// Reads the next frame line into `buf` (cleared first). `Ok(false)`: the stream ended.
-    pub fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-        buf.clear();
-        let n = self.reader.read_until(b'\n', buf)?;
-        Ok(n > 0)
+impl<R: std::io::Read> WatchStream<R> {
+    pub fn new(body: R) -> Self {
+        WatchStream {
+            reader: BufReader::with_capacity(64 * 1024, body),
+            lent: 0,
+        }
     }
+
+    /// The next frame line, with its newline (none on a last line without one). It is read in
+    /// place from the reader's buffer when it is there whole, which is nearly always (64 KiB
+    /// of ~1 KB frames); only a line that spans two reads is gathered in `spill`. `Ok(None)`:
+    /// the stream ended.
+    pub fn next_line<'s>(
+        &'s mut self,
+        spill: &'s mut Vec<u8>,
+    ) -> std::io::Result<Option<&'s [u8]>> {
+        self.reader.consume(std::mem::take(&mut self.lent));
+        spill.clear();
+        loop {
+            let (newline, len) = {
+                let avail = self.reader.fill_buf()?;
+                (find_newline(avail), avail.len())
+            };
+            if len == 0 {
+                return Ok((!spill.is_empty()).then_some(&spill[..]));
+            }
+            match newline {
+                Some(n) if spill.is_empty() => {
+                    self.lent = n + 1;
+                    return Ok(Some(&self.reader.buffer()[..=n]));
+                }
+                Some(n) => {
+                    spill.extend_from_slice(&self.reader.buffer()[..=n]);
+                    self.reader.consume(n + 1);
+                    return Ok(Some(&spill[..]));
+                }
+                None => {
+                    spill.extend_from_slice(self.reader.buffer());
+                    self.reader.consume(len);
+                }
+            }
+        }
+    }
+}
+
+/// The index of the first `\n` in `b`. Sixteen bytes at a time with SSE2 on x86_64 (every
+/// such CPU has it): std's `read_until` searched with its generic `memchr`, ~1,600
+/// instructions per 1.2 KB frame, 4 % of the process in the storm (callgrind).
+fn find_newline(b: &[u8]) -> Option<usize> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+        };
+        let mut i = 0;
+        // SAFETY: SSE2 is enabled in this build (the cfg above); each load reads the 16 bytes
+        // at `i`, and `i + 16 <= b.len()`.
+        unsafe {
+            let newline = _mm_set1_epi8(b'\n' as i8);
+            while i + 16 <= b.len() {
+                let v = _mm_loadu_si128(b.as_ptr().add(i).cast());
+                let hits = _mm_movemask_epi8(_mm_cmpeq_epi8(v, newline));
+                if hits != 0 {
+                    return Some(i + hits.trailing_zeros() as usize);
+                }
+                i += 16;
+            }
+        }
+        b[i..].iter().position(|&c| c == b'\n').map(|n| i + n)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    b.iter().position(|&c| c == b'\n')
 }
 
 impl Client {
@@ -186,9 +254,7 @@ impl Client {
             percent_encode(f, &mut url);
         }
         let resp = self.get(&self.watch_agent, &url)?;
-        Ok(WatchStream {
-            reader: BufReader::with_capacity(64 * 1024, resp.into_body().into_reader()),
-        })
+        Ok(WatchStream::new(resp.into_body().into_reader()))
     }
 
     fn get(
@@ -244,6 +310,76 @@ fn percent_encode(s: &str, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use super::{find_newline, WatchStream};
+
+    /// Hands out its bytes in reads of the sizes given, round and round.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        sizes: &'a [usize],
+        n: usize,
+    }
+
+    impl std::io::Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let want = self.sizes[self.n % self.sizes.len()].min(buf.len());
+            self.n += 1;
+            let k = want.min(self.data.len());
+            buf[..k].copy_from_slice(&self.data[..k]);
+            self.data = &self.data[k..];
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn watch_lines_come_out_whole_however_the_body_is_cut() {
+        let long = "L".repeat(200_000);
+        let mut body = String::new();
+        for i in 0..300 {
+            body.push_str(&format!("{{\"type\":\"ADDED\",\"n\":{i}}}\n"));
+            if i % 50 == 7 {
+                body.push('\n');
+                body.push_str(&long);
+                body.push('\n');
+            }
+        }
+        body.push_str("last line without a newline");
+        let want: Vec<&str> = body.split_inclusive('\n').collect();
+        let sizes: [&[usize]; 4] = [&[1 << 20], &[1], &[7, 3, 1000, 65536, 13], &[65536]];
+        for sizes in sizes {
+            let mut stream = WatchStream::new(Chunked {
+                data: body.as_bytes(),
+                sizes,
+                n: 0,
+            });
+            let mut spill = Vec::new();
+            let mut got = Vec::new();
+            while let Some(line) = stream.next_line(&mut spill).unwrap() {
+                got.push(String::from_utf8(line.to_vec()).unwrap());
+            }
+            assert_eq!(got, want, "reads of {sizes:?}");
+            assert!(stream.next_line(&mut spill).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn find_newline_agrees_with_a_plain_search() {
+        for len in 0..80 {
+            let mut b = vec![b'x'; len];
+            assert_eq!(find_newline(&b), None);
+            for at in 0..len {
+                b[at] = b'\n';
+                assert_eq!(find_newline(&b), Some(at), "len {len}");
+                // A second newline after it changes nothing.
+                if at + 3 < len {
+                    b[at + 3] = b'\n';
+                    assert_eq!(find_newline(&b), Some(at));
+                    b[at + 3] = b'x';
+                }
+                b[at] = b'x';
+            }
+        }
+    }
+
     #[test]
     fn percent_encoding_keeps_unreserved_characters() {
         let mut s = String::new();
