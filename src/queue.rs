@@ -135,7 +135,10 @@ impl Queue {
             st.opened_at = None;
             self.cv.notify_all();
             if st.sealed.len() > SEALED_MAX && st.closing.is_none() {
-                debug!("{} batches wait for the pusher; waiting for room", st.sealed.len());
+                debug!(
+                    "{} batches wait for the pusher; waiting for room",
+                    st.sealed.len()
+                );
                 st = self
                     .room
                     .wait_while(st, |st| {
