@@ -394,26 +394,43 @@ impl<'e> Labels<'e> {
 pub(crate) const CUT_OPEN: &str = "… [kube-event: ";
 pub(crate) const CUT_CLOSE: &str = " bytes cut]";
 
-/// Appends `v` in decimal, digit by digit: no `fmt` machinery on the event path (counts,
-/// timestamps of push bodies, journal records).
+/// Appends `v` in decimal, two digits per step, in one `push_str`: no `fmt` machinery on the
+/// event path (counts, timestamps of push bodies, journal records). Pushing digit by digit
+/// cost ~400 instructions for a 19-digit timestamp, three numbers per event.
 pub(crate) fn push_decimal(out: &mut String, v: i64) {
-    let mut buf = [0u8; 20];
+    /// "00", "01", … "99".
+    const PAIRS: [u8; 200] = {
+        let mut t = [0u8; 200];
+        let mut i = 0;
+        while i < 100 {
+            t[2 * i] = b'0' + (i / 10) as u8;
+            t[2 * i + 1] = b'0' + (i % 10) as u8;
+            i += 1;
+        }
+        t
+    };
+    let mut buf = [0u8; 21];
     let mut i = buf.len();
     let mut n = v.unsigned_abs();
-    loop {
+    while n >= 100 {
+        let d = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    }
+    if n >= 10 {
+        let d = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + n as u8;
     }
     if v < 0 {
-        out.push('-');
+        i -= 1;
+        buf[i] = b'-';
     }
-    for &d in &buf[i..] {
-        out.push(char::from(d));
-    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// Appends `v` as 16 lowercase hex digits (the journal's keys and hashes).
@@ -918,7 +935,18 @@ mod tests {
 
     #[test]
     fn integers_format_without_allocating() {
-        for v in [0i64, 1, 9, 10, 12345, -7, i64::MAX, i64::MIN] {
+        let mut values = vec![i64::MAX, i64::MIN, i64::MIN + 1];
+        // Every length of digits, and the numbers around each power of ten.
+        let mut p = 1i64;
+        for _ in 0..19 {
+            for d in [-1, 0, 1] {
+                values.extend([p + d, -(p + d)]);
+            }
+            p = p.saturating_mul(10);
+        }
+        values.extend(0..1000);
+        values.extend([1_764_115_235_123_456_789, 12345, -7]);
+        for v in values {
             let mut out = String::from("x");
             push_decimal(&mut out, v);
             assert_eq!(out, format!("x{v}"));
