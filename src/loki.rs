@@ -40,7 +40,8 @@ pub struct Client {
     tenant: Option<String>,
     basic: Option<String>,
     bearer: Option<BearerFile>,
-    zip: Gzip,
+    /// Made at the first compression after start or idle: ~330 KB of deflate tables.
+    zip: Option<Gzip>,
 }
 
 /// The deflate state and the output buffer, kept from one push to the next. A fresh state is
@@ -232,7 +233,7 @@ impl Client {
             tenant: cfg.tenant_id.clone(),
             basic,
             bearer,
-            zip: Gzip::default(),
+            zip: None,
         })
     }
 
@@ -240,9 +241,9 @@ impl Client {
         &self.url
     }
 
-    /// Releases the compressed-body buffer (idle).
+    /// Releases the deflate state and its output buffer (idle).
     pub fn trim(&mut self) {
-        self.zip.out = Vec::new();
+        self.zip = None;
     }
 
     /// Whether push bodies are gzipped (`LOKI_COMPRESSION`; on by default).
@@ -263,7 +264,9 @@ impl Client {
     /// when that is the JSON itself.
     pub fn encode_into(&mut self, body: &[u8], out: &mut Vec<u8>) -> bool {
         if self.gzip {
-            self.zip.compress_into(body, out);
+            self.zip
+                .get_or_insert_with(Gzip::default)
+                .compress_into(body, out);
         }
         self.gzip
     }
@@ -292,7 +295,10 @@ impl Client {
         let (wire, gzipped): (&[u8], bool) = match (enc, self.gzip) {
             (Encoding::Json, false) => (body, false),
             (Encoding::Gzip, true) => (body, true),
-            (Encoding::Json, true) => (self.zip.compress(body), true),
+            (Encoding::Json, true) => (
+                self.zip.get_or_insert_with(Gzip::default).compress(body),
+                true,
+            ),
             (Encoding::Gzip, false) => match json_text(body, enc) {
                 Ok(text) => {
                     plain = text;
