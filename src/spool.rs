@@ -435,7 +435,22 @@ impl Store {
         status: u16,
         answer: &str,
     ) -> String {
-        keep_rejected(&self.dir.join("rejected"), seq, body, ext, status, answer)
+        let dir = self.dir.join("rejected");
+        let base = dir.join(format!("{}-{seq:020}", now_secs()));
+        let write = || -> io::Result<()> {
+            fs::create_dir_all(&dir)?;
+            let mut f = File::create(base.with_extension(ext))?;
+            f.write_all(body)?;
+            f.sync_all()?;
+            fs::write(
+                base.with_extension("answer.txt"),
+                format!("HTTP {status}\n{answer}\n"),
+            )
+        };
+        match write() {
+            Ok(()) => format!("kept in {}.{ext}", base.display()),
+            Err(e) => format!("could not keep it in {}: {e}", dir.display()),
+        }
     }
 
     /// Appends a batch's records (lines `key count hash`) and the resourceVersion they cover to
@@ -849,32 +864,6 @@ fn move_aside(dir: &Path, path: &Path) -> String {
             let _ = fs::remove_file(path);
             format!("nowhere ({e}; deleted)")
         }
-    }
-}
-
-/// Writes a rejected batch and Loki's answer to `dir`. Returns a phrase for the log line.
-pub fn keep_rejected(
-    dir: &Path,
-    seq: u64,
-    body: &[u8],
-    ext: &str,
-    status: u16,
-    answer: &str,
-) -> String {
-    let base = dir.join(format!("{}-{seq:020}", now_secs()));
-    let write = || -> io::Result<()> {
-        fs::create_dir_all(dir)?;
-        let mut f = File::create(base.with_extension(ext))?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        fs::write(
-            base.with_extension("answer.txt"),
-            format!("HTTP {status}\n{answer}\n"),
-        )
-    };
-    match write() {
-        Ok(()) => format!("kept in {}.{ext}", base.display()),
-        Err(e) => format!("could not keep it in {}: {e}", dir.display()),
     }
 }
 

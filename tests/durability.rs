@@ -88,6 +88,18 @@ fn batch_text(b: &[u8]) -> String {
     format!("{header}\n{}", String::from_utf8_lossy(&text))
 }
 
+/// Waits until every one of `names` is in a spool file.
+fn wait_spooled(rig: &Rig, names: &[String]) {
+    wait_until(
+        T,
+        &format!("all {} events in spool files", names.len()),
+        || {
+            let text = spool_text(&rig.spool());
+            names.iter().all(|n| text.contains(n.as_str()))
+        },
+    );
+}
+
 fn now_secs() -> String {
     rfc3339_secs(now_nanos())
 }
@@ -405,10 +417,7 @@ fn batches_spooled_while_loki_is_down_survive_sigkill_and_arrive_oldest_first() 
         names.push(name);
     }
     ke.wait_for_stderr("spooled batch", T);
-    wait_until(T, "all 30 events in spool files", || {
-        let text = spool_text(&rig.spool());
-        names.iter().all(|n| text.contains(n.as_str()))
-    });
+    wait_spooled(&rig, &names);
     assert!(
         spool_files(&rig.spool()).len() >= 3,
         "expected several batches with BATCH_MAX_BYTES=1024: {:?}",
@@ -536,10 +545,7 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
         for n in &names {
             rig.api.create(event("demo", n, "compression", &now_secs()));
         }
-        wait_until(T, "3 events in the spool", || {
-            let text = spool_text(&rig.spool());
-            names.iter().all(|n| text.contains(n.as_str()))
-        });
+        wait_spooled(&rig, &names);
         // SIGKILL: SIGTERM would wait its 10 s for the absent Loki.
         ke.sigkill();
         ke.wait_exit(T);
@@ -1025,10 +1031,7 @@ fn a_truncated_spool_file_is_moved_aside_and_the_others_are_pushed() {
         rig.api
             .create(event("demo", n, &format!("d {i}"), &now_secs()));
     }
-    wait_until(T, "all 12 events in spool files", || {
-        let text = spool_text(&rig.spool());
-        names.iter().all(|n| text.contains(n.as_str()))
-    });
+    wait_spooled(&rig, &names);
     ke.sigkill();
     ke.wait_exit(T);
     let files = spool_files(&rig.spool());
