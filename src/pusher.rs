@@ -18,9 +18,10 @@ use crate::spool::{SpoolFile, Store};
 use crate::stats::Stats;
 use crate::time::format_rfc3339;
 
-/// The most memory spooled batches' bodies may keep, to be pushed without reading the spool.
-/// Two default batches: when Loki is slower than the watcher, later batches are read back
-/// from the spool (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
+/// The most memory spooled batches' bodies may keep (by buffer capacity), to be pushed
+/// without reading the spool: two JSON batches of the default size, or about five gzipped
+/// ones. When Loki is slower than the watcher, later batches are read back from the spool
+/// (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
 const CACHE_MAX: usize = 2 << 20;
 
 /// How many emptied gzipped bodies are kept to compress the next batches into. (Emptied JSON
