@@ -92,8 +92,8 @@ wait_line() {
 # field LINE KEY: the value of key=value in LINE.
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# "utime stime" in clock ticks.
-user_sys() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+# "utime stime minflt": CPU in clock ticks, and minor page faults.
+user_sys() { awk '{ print $14, $15, $10 }' "/proc/$1/stat"; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 # CPU time of all live threads in ns (schedstat: finer than clock ticks, for the idle figure).
 sched_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d", s }'; }
@@ -180,7 +180,8 @@ done_line() { wait_line "$1/loki.out" '^DONE ' "${BENCH_TIMEOUT:-150}" "$2"; }
 # report T0_NS DONE_LINE CPU_TICKS HWM_KB [DIR]: the common figures; with DIR also when 99 % of
 # the entries were in (the last batch waits up to PUSH_INTERVAL_SECONDS for more).
 report() {
-    local t0=$1 dl=$2 user=${3% *} sys=${3#* } hwm=$4 t1 secs cpu
+    local t0=$1 dl=$2 hwm=$4 user sys faults t1 secs cpu
+    read -r user sys faults <<<"$3"
     cpu=$((user + sys))
     t1=$(cut -d' ' -f2 <<<"$dl")
     secs=$(calc "($t1 - $t0) / 1e9")
@@ -195,6 +196,8 @@ report() {
     printf '  %-34s %s µs  (%s ticks of 1/%s s: user %s, sys %s)\n' "CPU per event (user+sys)" \
         "$(fmt %.2f "$(calc "$cpu / $HZ * 1e6 / $N")")" "$cpu" "$HZ" "$user" "$sys"
     printf '  %-34s %s MB  (%s kB)\n' "peak RSS (VmHWM)" "$(fmt %.1f "$(calc "$hwm / 1024")")" "$hwm"
+    printf '  %-34s %s (%s per 1,000 events)\n' "minor page faults" "$faults" \
+        "$(fmt %.1f "$(calc "$faults * 1000 / $N")")"
 }
 
 bytes_line() {
