@@ -260,15 +260,12 @@ impl Client {
         }
     }
 
-    /// Encodes a JSON `body` as `encoding()` says, into `out`; `false` (and `out` untouched)
-    /// when that is the JSON itself.
-    pub fn encode_into(&mut self, body: &[u8], out: &mut Vec<u8>) -> bool {
-        if self.gzip {
-            self.zip
-                .get_or_insert_with(Gzip::default)
-                .compress_into(body, out);
-        }
-        self.gzip
+    /// Gzips a JSON `body` into `out` with this client's deflate state (for a batch held as
+    /// `Encoding::Gzip`).
+    pub fn gzip_into(&mut self, body: &[u8], out: &mut Vec<u8>) {
+        self.zip
+            .get_or_insert_with(Gzip::default)
+            .compress_into(body, out);
     }
 
     /// For `--check`: pushes an empty request, which Loki answers (204, or 422 "at least one

@@ -184,12 +184,11 @@ impl Pusher {
         // retry nor a drain after an outage compresses again. The JSON buffer goes straight
         // back to the queue for the next batch.
         let encoding = self.client.encoding();
-        let mut wire = self.wires.pop().unwrap_or_default();
-        if self.client.encode_into(&sealed.body, &mut wire) {
-            std::mem::swap(&mut wire, &mut sealed.body);
-            self.queue.recycle(Some(wire));
-        } else {
-            self.recycle(Some(wire), Encoding::Gzip);
+        if encoding == Encoding::Gzip {
+            let mut wire = self.wires.pop().unwrap_or_default();
+            self.client.gzip_into(&sealed.body, &mut wire);
+            let json = std::mem::replace(&mut sealed.body, wire);
+            self.queue.recycle(Some(json));
         }
         // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
         self.make_room(sealed.body.len() as u64 + 128);
