@@ -41,6 +41,16 @@ pub struct Push {
     pub status: u16,
 }
 
+impl Push {
+    /// The value of request header `name` (lowercase), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Every push request (well-formed or not) and its answer.
 #[derive(Clone, Debug)]
 pub struct Attempt {
