@@ -160,6 +160,18 @@ struct Reader<'a> {
 /// The deepest nesting accepted in a skipped value (serde_json's recursion limit).
 const MAX_DEPTH: u32 = 128;
 
+/// Eight bytes at a time: a byte in each lane of a `u64`.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `v` that is `c`. The lowest set bit is exact; the borrows of
+/// the subtraction only spill into higher bytes, so only the first hit may be trusted.
+#[inline(always)]
+fn bytes_equal(v: u64, c: u8) -> u64 {
+    let x = v ^ (ONES * u64::from(c));
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
 impl<'a> Reader<'a> {
     fn err<T>(&self, what: &'static str) -> Result<T> {
         Err(Error { at: self.i, what })
@@ -524,16 +536,11 @@ impl<'a> Reader<'a> {
         let mut high = 0u64;
         // Eight bytes at a time: a byte that is `"`, `\` or below 0x20 sets its high bit in
         // `hit` (the lowest set bit is exact; borrows only spill into higher bytes).
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
         while let Some(chunk) = b.get(i..i + 8) {
             let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            let quote = v ^ (ONES * u64::from(b'"'));
-            let backslash = v ^ (ONES * u64::from(b'\\'));
-            let hit = (quote.wrapping_sub(ONES) & !quote
-                | backslash.wrapping_sub(ONES) & !backslash
-                | v.wrapping_sub(ONES * 0x20) & !v)
-                & HIGH;
+            let hit = bytes_equal(v, b'"')
+                | bytes_equal(v, b'\\')
+                | v.wrapping_sub(ONES * 0x20) & !v & HIGH;
             if hit != 0 {
                 let n = (hit.trailing_zeros() / 8) as usize;
                 // The high bits of the bytes before the hit.
@@ -608,19 +615,12 @@ impl<'a> Reader<'a> {
     /// control characters on the way, cost ~86 instructions for a typical `managedFields` key;
     /// a frame has about 23 of them.
     fn skip_quoted(&mut self) -> Result<()> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
         let b = self.b;
         let mut i = self.i + 1;
         loop {
             while let Some(chunk) = b.get(i..i + 8) {
                 let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                let quote = v ^ (ONES * u64::from(b'"'));
-                let backslash = v ^ (ONES * u64::from(b'\\'));
-                // The lowest set bit is exact (borrows only spill into higher bytes).
-                let hit = (quote.wrapping_sub(ONES) & !quote
-                    | backslash.wrapping_sub(ONES) & !backslash)
-                    & HIGH;
+                let hit = bytes_equal(v, b'"') | bytes_equal(v, b'\\');
                 if hit != 0 {
                     i += (hit.trailing_zeros() / 8) as usize;
                     break;
