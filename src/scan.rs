@@ -1323,31 +1323,24 @@ mod tests {
             reason(&with(&deep(max + 1))).unwrap_err().what,
             "nested too deep"
         );
-        let mixed: String = (0..max)
-            .map(|d| if d % 2 == 0 { "{\"k\":[" } else { "[{\"k\":" })
-            .collect();
-        let mut closing = String::new();
-        for d in (0..max).rev() {
-            closing.push_str(if d % 2 == 0 { "]}" } else { "}]" });
-        }
-        // Each level here opens two brackets: twice MAX_DEPTH is too deep.
+        // `levels` levels of an object holding an array (or the other way round), each
+        // opening two brackets, around a number.
+        let nest = |levels: usize| {
+            let mut text: String = (0..levels)
+                .map(|d| if d % 2 == 0 { "{\"k\":[" } else { "[{\"k\":" })
+                .collect();
+            text.push('1');
+            for d in (0..levels).rev() {
+                text.push_str(if d % 2 == 0 { "]}" } else { "}]" });
+            }
+            text
+        };
+        // Twice MAX_DEPTH brackets is too deep; MAX_DEPTH is not.
         assert_eq!(
-            reason(&with(&format!("{mixed}1{closing}")))
-                .unwrap_err()
-                .what,
+            reason(&with(&nest(max))).unwrap_err().what,
             "nested too deep"
         );
-        let half: String = (0..max / 2)
-            .map(|d| if d % 2 == 0 { "{\"k\":[" } else { "[{\"k\":" })
-            .collect();
-        let mut half_closing = String::new();
-        for d in (0..max / 2).rev() {
-            half_closing.push_str(if d % 2 == 0 { "]}" } else { "}]" });
-        }
-        assert_eq!(
-            reason(&with(&format!("{half}1{half_closing}"))),
-            Ok(Some("R".into()))
-        );
+        assert_eq!(reason(&with(&nest(max / 2))), Ok(Some("R".into())));
         for (skipped, ok) in [
             // Brackets inside strings, escaped quotes and backslashes, at every offset of
             // the eight-byte steps.
