@@ -294,8 +294,11 @@ mode_storm() {
     t0=$(now_ns) s0=$(sched_ns "$KE_PID") c0=$(ticks "$KE_PID")
     sleep 10 # the measurement window, not a synchronization
     t1=$(now_ns) s1=$(sched_ns "$KE_PID") c1=$(ticks "$KE_PID")
-    printf '  %-34s %s MB  (%s kB)\n' "idle RSS (VmRSS)" \
-        "$(fmt %.1f "$(calc "$(status_kb "$KE_PID" VmRSS) / 1024")")" "$(status_kb "$KE_PID" VmRSS)"
+    printf '  %-34s %s MB  (%s kB: anonymous %s, file %s)\n' "idle RSS (VmRSS)" \
+        "$(fmt %.1f "$(calc "$(status_kb "$KE_PID" VmRSS) / 1024")")" "$(status_kb "$KE_PID" VmRSS)" \
+        "$(status_kb "$KE_PID" RssAnon)" "$(status_kb "$KE_PID" RssFile)"
+    # With BENCH_KEEP=1, the mappings behind that figure, for a closer look.
+    [[ ${BENCH_KEEP:-0} == 1 ]] && cat "/proc/$KE_PID/smaps" >"$d/idle.smaps"
     printf '  %-34s %s %%  (%s ticks in %s s; schedstat %s %%)\n' "idle CPU" \
         "$(fmt %.3f "$(calc "($c1 - $c0) / $HZ / (($t1 - $t0) / 1e9) * 100")")" "$((c1 - c0))" \
         "$(fmt %.1f "$(calc "($t1 - $t0) / 1e9")")" \

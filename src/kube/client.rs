@@ -20,8 +20,9 @@ const WATCH_BODY_SLACK: Duration = Duration::from_secs(30);
 pub const PAGE_SIZE: u32 = 500;
 
 pub struct Client {
-    list_agent: ureq::Agent,
-    watch_agent: ureq::Agent,
+    /// One agent for lists and watches, so the watch that follows a list goes out on the
+    /// list's connection, and no idle connection keeps its buffers.
+    agent: ureq::Agent,
     server: String,
     credentials: Credentials,
 }
@@ -156,28 +157,19 @@ impl Client {
             .as_deref()
             .zip(t.client_key_pem.as_deref());
         let tls = crate::tls::config(t.ca_pem.as_deref(), t.insecure_skip_verify, client)?;
-        let base = || {
-            ureq::Agent::config_builder()
-                .tls_config(tls.clone())
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .timeout_connect(Some(Duration::from_secs(10)))
-                .timeout_recv_response(Some(Duration::from_secs(60)))
-                .user_agent(concat!("kube-event/", env!("CARGO_PKG_VERSION")))
-        };
-        let list_agent = base()
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        let watch_agent = base()
-            .timeout_recv_body(Some(
-                Duration::from_secs(WATCH_TIMEOUT_SECS) + WATCH_BODY_SLACK,
-            ))
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .input_buffer_size(crate::http::INPUT_BUFFER)
+            .output_buffer_size(crate::http::OUTPUT_BUFFER)
+            .user_agent(concat!("kube-event/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
         Ok(Client {
-            list_agent,
-            watch_agent,
+            agent,
             server: access.server.trim_end_matches('/').to_string(),
             credentials: access.credentials,
         })
@@ -205,7 +197,7 @@ impl Client {
             url.push_str("&continue=");
             percent_encode(c, &mut url);
         }
-        let mut resp = self.get(&self.list_agent, &url)?;
+        let mut resp = self.get(&url, Call::List)?;
         // Into the caller's buffer, reused page after page (a fresh ~600 KB buffer per page
         // was a new mapping to fault in, in the static binary).
         body.clear();
@@ -220,7 +212,7 @@ impl Client {
     /// For `--check`: one list item at most. Returns how many came and the resourceVersion.
     pub fn list_first(&self, path: &str) -> Result<(usize, String), Error> {
         let url = format!("{}{path}?limit=1", self.server);
-        let mut resp = self.get(&self.list_agent, &url)?;
+        let mut resp = self.get(&url, Call::List)?;
         let body = resp
             .body_mut()
             .with_config()
@@ -253,16 +245,19 @@ impl Client {
             url.push_str("&fieldSelector=");
             percent_encode(f, &mut url);
         }
-        let resp = self.get(&self.watch_agent, &url)?;
+        let resp = self.get(&url, Call::Watch)?;
         Ok(WatchStream::new(resp.into_body().into_reader()))
     }
 
-    fn get(
-        &self,
-        agent: &ureq::Agent,
-        url: &str,
-    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
-        let mut req = agent.get(url).header("Accept", "application/json");
+    fn get(&self, url: &str, call: Call) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        let req = self.agent.get(url).config();
+        let req = match call {
+            Call::List => req.timeout_global(Some(Duration::from_secs(120))),
+            Call::Watch => req.timeout_recv_body(Some(
+                Duration::from_secs(WATCH_TIMEOUT_SECS) + WATCH_BODY_SLACK,
+            )),
+        };
+        let mut req = req.build().header("Accept", "application/json");
         let auth = self
             .credentials
             .authorization()
@@ -291,6 +286,15 @@ impl Client {
             retry_after,
         })
     }
+}
+
+/// Which timeouts a request gets.
+#[derive(Clone, Copy)]
+enum Call {
+    /// A list page (or `--check`'s one item): 120 s for the whole exchange.
+    List,
+    /// A watch: its body may last `timeoutSeconds` plus some slack.
+    Watch,
 }
 
 fn redact_query(url: &str) -> &str {
