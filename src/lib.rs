@@ -34,6 +34,7 @@ pub mod ship;
 pub mod shutdown;
 pub mod spool;
 pub mod stats;
+pub mod table;
 #[cfg(test)]
 mod testutil;
 pub mod time;

@@ -144,6 +144,7 @@ impl Pusher {
             if !trimmed && busy_at.elapsed() >= IDLE_TRIM {
                 self.queue.trim();
                 self.client.trim();
+                self.store.trim();
                 self.wires = Vec::new();
                 trimmed = true;
                 debug!("idle: buffers released");

@@ -189,7 +189,7 @@ impl Shipper {
         {
             let mut seen = self.memory();
             match seen.get(key) {
-                Some(s) if s.hash == hash || shipped.count < s.count => {
+                Some(s) if s.covers(&shipped) => {
                     Stats::add(&self.stats.unchanged, 1);
                     return Ok(());
                 }
@@ -299,10 +299,10 @@ pub fn head(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::ShippedMap;
+    use crate::spool::Table;
 
     /// Stats, a queue that never seals on its own, and a Shipper into it remembering `seen`.
-    fn rig(seen: ShippedMap) -> (Arc<Stats>, Arc<Queue>, Shipper) {
+    fn rig(seen: Table) -> (Arc<Stats>, Arc<Queue>, Shipper) {
         let stats = Arc::new(Stats::default());
         let q = Arc::new(Queue::new(
             Duration::from_secs(3600),
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn ships_each_occurrence_once() {
-        let (stats, q, mut s) = rig(ShippedMap::default());
+        let (stats, q, mut s) = rig(Table::default());
         let mut rv = String::new();
         s.offer(&raw("a", 1, "2026-01-01T00:00:01Z", "1"), &mut rv)
             .unwrap();
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn the_compact_memory_ships_every_occurrence_exactly_once_and_stays_small() {
-        let (stats, q, mut s) = rig(ShippedMap::default());
+        let (stats, q, mut s) = rig(Table::default());
         let mut rv = String::new();
         const EVENTS: i64 = 20_000;
         // Three occurrences of each event; every object is seen twice (a relist, a replayed
@@ -384,12 +384,18 @@ mod tests {
             assert!(m.pending.is_empty());
         }
         assert_eq!(s.remembered(), EVENTS as usize);
-        // The memory of what was shipped: at most 64 bytes per remembered event, counting the
-        // maps' spare capacity and control bytes.
-        let slot = std::mem::size_of::<(u64, Shipped)>() + 1;
-        let capacity = s.memory().capacity();
-        let per_event = capacity * slot / s.remembered();
+        // The memory of what was shipped: at most 64 bytes per remembered event (issue 6),
+        // counting the table's spare slots; at most 20 once it is refitted when idle.
+        let bytes = s.memory().bytes();
+        let per_event = bytes / s.remembered();
         assert!(per_event <= 64, "{per_event} bytes per remembered event");
+        s.memory().trim();
+        let bytes = s.memory().bytes();
+        let per_event = bytes / s.remembered();
+        assert!(
+            per_event <= 20,
+            "{per_event} bytes per remembered event when idle"
+        );
         // After a restart with that memory (what was committed), a relist ships nothing.
         let committed = s.memory().committed.clone();
         let restarted = Shipper::new(
@@ -409,7 +415,7 @@ mod tests {
 
     #[test]
     fn malformed_objects_are_counted_and_skipped() {
-        let (stats, q, mut s) = rig(ShippedMap::default());
+        let (stats, q, mut s) = rig(Table::default());
         for bad in [
             r#"{"metadata":{"uid":"x"}}"#,
             r#"{"metadata":"nope"}"#,
