@@ -20,6 +20,10 @@ pub struct Batch {
     index: HashMap<u64, u32>,
     /// Every occurrence in arrival order; grouped by stream and ordered by time at `seal`.
     entries: Vec<Entry>,
+    /// `seal`'s working space for that ordering: the entries grouped, and where each
+    /// stream's group starts.
+    grouped: Vec<Entry>,
+    starts: Vec<u32>,
     arena: String,
     /// Journal records of the occurrences in this batch: `uid count hash` lines (spool.rs).
     records: String,
@@ -38,6 +42,14 @@ struct Stream {
 }
 
 const NO_STREAM: u32 = u32::MAX;
+
+const EMPTY_ENTRY: Entry = Entry {
+    stream: 0,
+    nanos: 0,
+    start: 0,
+    end: 0,
+    meta_start: 0,
+};
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -94,6 +106,8 @@ impl Batch {
         self.label_text.shrink_to_fit();
         self.index.shrink_to_fit();
         self.entries.shrink_to_fit();
+        self.grouped = Vec::new();
+        self.starts = Vec::new();
         self.arena.shrink_to_fit();
         self.records.shrink_to_fit();
     }
@@ -140,6 +154,42 @@ impl Batch {
         self.encoded_estimate += 28 + (meta_start - start);
     }
 
+    /// Orders the entries as the body lists them: streams in the order they first appeared
+    /// (their indices), each stream's entries by time, in arrival order for the same time.
+    /// That is a stable sort by `(stream, nanos)`; done as a counting sort by stream and then
+    /// a sort of each stream only where it is out of order (in a storm, entries come in time
+    /// order), which cost ~50 instead of ~900 instructions per entry (callgrind, issue 6).
+    fn order(&mut self) {
+        let n = self.streams.len();
+        self.starts.clear();
+        self.starts.resize(n + 1, 0);
+        for e in &self.entries {
+            self.starts[e.stream as usize + 1] += 1;
+        }
+        for i in 1..=n {
+            self.starts[i] += self.starts[i - 1];
+        }
+        self.grouped.clear();
+        self.grouped.resize(self.entries.len(), EMPTY_ENTRY);
+        // `starts[s]` is where stream `s` begins; it moves on as the stream's entries are
+        // placed, and ends where the stream ends.
+        for e in &self.entries {
+            let at = &mut self.starts[e.stream as usize];
+            self.grouped[*at as usize] = *e;
+            *at += 1;
+        }
+        let mut begin = 0;
+        for s in 0..n {
+            let end = self.starts[s] as usize;
+            let group = &mut self.grouped[begin..end];
+            if !group.is_sorted_by_key(|e| e.nanos) {
+                group.sort_by_key(|e| e.nanos);
+            }
+            begin = end;
+        }
+        std::mem::swap(&mut self.entries, &mut self.grouped);
+    }
+
     /// The index of the stream with these labels, added if it is new.
     fn stream_of(&mut self, labels: &Labels<'_>) -> u32 {
         let h = labels_hash(labels);
@@ -183,9 +233,7 @@ impl Batch {
         let mut out = String::from_utf8(buf).unwrap_or_default();
         let mut oldest = i64::MAX;
         let mut newest = i64::MIN;
-        // Streams in the order they first appeared; each stream's entries by time, and in
-        // arrival order for the same time (the sort is stable).
-        self.entries.sort_by_key(|e| (e.stream, e.nanos));
+        self.order();
         out.push_str("{\"streams\":[");
         let mut current = NO_STREAM;
         for e in &self.entries {
@@ -334,6 +382,42 @@ mod tests {
         assert!(b.is_empty());
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["streams"].as_array().unwrap().len(), 3);
+    }
+
+    /// `order` is the stable sort by `(stream, nanos)` it stands for: streams interleaved,
+    /// in order and out of order, ties in time, batch after batch in the same buffers.
+    #[test]
+    fn order_is_a_stable_sort_by_stream_and_time() {
+        let mut b = Batch::default();
+        let kinds = ["Pod", "Node", "Job", "Service", "Deployment"];
+        let mut x = 7u64;
+        for round in 0..4 {
+            for i in 0..500 {
+                x = crate::hash::mix(x + i);
+                let kind = kinds[(x % kinds.len() as u64) as usize];
+                // Rounds 0 and 2 in time order per stream; 1 and 3 with times out of order.
+                let nanos = if round % 2 == 0 {
+                    i as i64 / 3
+                } else {
+                    (x >> 8) as i64 % 50
+                };
+                b.push(labels("ns", kind, "Normal"), nanos, Line::Plain("l"), None);
+            }
+            let mut want: Vec<_> = b
+                .entries
+                .iter()
+                .map(|e| (e.stream, e.nanos, e.start))
+                .collect();
+            want.sort_by_key(|&(s, n, _)| (s, n));
+            b.order();
+            let got: Vec<_> = b
+                .entries
+                .iter()
+                .map(|e| (e.stream, e.nanos, e.start))
+                .collect();
+            assert_eq!(got, want, "round {round}");
+            b.seal(&schema(vec![]), Vec::new());
+        }
     }
 
     #[test]

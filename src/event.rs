@@ -430,7 +430,16 @@ pub(crate) fn push_decimal(out: &mut String, v: i64) {
         i -= 1;
         buf[i] = b'-';
     }
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    push_ascii(out, &buf[i..]);
+}
+
+/// Appends digits (ASCII) without checking them as UTF-8 again: `str::from_utf8` cost ~85
+/// instructions per number, 600 per event (callgrind, issue 6).
+fn push_ascii(out: &mut String, digits: &[u8]) {
+    debug_assert!(digits.is_ascii());
+    // SAFETY: the callers pass ASCII digits (and '-'), and ASCII is valid UTF-8: the String
+    // stays UTF-8.
+    unsafe { out.as_mut_vec() }.extend_from_slice(digits);
 }
 
 /// Appends `v` as 16 lowercase hex digits (the journal's keys and hashes). Eight digits at
@@ -452,7 +461,7 @@ pub(crate) fn push_hex16(out: &mut String, v: u64) {
     let mut buf = [0u8; 16];
     buf[..8].copy_from_slice(&digits(v >> 32));
     buf[8..].copy_from_slice(&digits(v & 0xFFFF_FFFF));
-    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
+    push_ascii(out, &buf);
 }
 
 /// The length of the longest prefix of `msg` (in bytes, on a char boundary) whose escaped
