@@ -1067,6 +1067,58 @@ mod tests {
         assert!(!dir.join("damaged").exists());
     }
 
+    /// Journals hold the line's full 64-bit hash, and checkpoints written before the compact
+    /// memory did too; the memory keeps 32 bits of it and a count up to 65,535. What they
+    /// recorded still covers the same occurrence after an upgrade, and only that.
+    #[test]
+    fn full_hashes_on_disk_still_say_what_was_shipped() {
+        let t = TempDir::new("spool-full-hashes");
+        let dir = t.join("data");
+        fs::create_dir_all(&dir).unwrap();
+        let now = now_secs();
+        let full = 0xfeed_face_dead_beef_u64;
+        // A checkpoint as the build before wrote it (version 2, 64-bit hashes), then a
+        // journal block of the same generation.
+        let lines = [
+            format!("{CHECKPOINT_MAGIC} 1\n"),
+            "R \"1\"\n".to_string(),
+            format!("{:016x} 70000 {full:016x} {now}\n", uid_key("a")),
+        ];
+        let sum = lines.iter().fold(0, |h, l| hash64(h, l.as_bytes()));
+        fs::write(
+            dir.join("checkpoint"),
+            format!("{}E {sum:016x}\n", lines.concat()),
+        )
+        .unwrap();
+        fs::write(dir.join("journal-1"), "").unwrap();
+        {
+            let (mut s, _) = Store::open(&dir, 7200).unwrap();
+            let seq = s.next_seq();
+            commit_text(&mut s, seq, &rec("b", 3, full), "2").unwrap();
+        }
+        let (_s, r) = Store::open(&dir, 7200).unwrap();
+        assert_eq!(r.rv.as_deref(), Some("2"));
+        let m = lock(&r.memory);
+        for (uid, count) in [("a", 70_000), ("b", 3)] {
+            let known = m.get(uid_key(uid)).unwrap();
+            assert!(known.covers(&Shipped::new(count, full, now)), "{uid}");
+            // The next occurrence (another line), and the same count with another line.
+            assert!(
+                !known.covers(&Shipped::new(count + 1, full ^ 1, now)),
+                "{uid}"
+            );
+            assert!(
+                !known.covers(&Shipped::new(count, full ^ 1 << 3, now)),
+                "{uid}"
+            );
+        }
+        // An older version of the object (a lagging API server) is not new either.
+        assert!(m
+            .get(uid_key("b"))
+            .unwrap()
+            .covers(&Shipped::new(2, 7, now)));
+    }
+
     #[test]
     fn retention_forgets_old_events() {
         let t = TempDir::new("spool-retention");
