@@ -82,7 +82,8 @@ pub use crate::table::Table;
 /// reads it and adds to `pending`, and the Store (pusher thread), which moves what the journal
 /// commits into `committed`, the state a restart starts from and a checkpoint holds. `pending`
 /// holds only occurrences whose batches are in flight (a few batches), so the memory costs
-/// one compact slot per remembered event (16 bytes at 85–90 % load), not two.
+/// one compact slot per remembered event (16 bytes; 19–28 with the table's spare slots), not
+/// two.
 #[derive(Default)]
 pub struct Memory {
     pub committed: Table,
@@ -524,7 +525,7 @@ impl Store {
     }
 
     /// When idle: the memory of shipped occurrences gives back what a storm or a prune left
-    /// unused (its table refits itself to 85 % full).
+    /// unused (a table less than 77 % full refits itself to 80 %).
     pub fn trim(&self) {
         lock(&self.memory).trim();
     }

@@ -163,8 +163,8 @@ impl Client {
             .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
-            .input_buffer_size(crate::http::INPUT_BUFFER)
-            .output_buffer_size(crate::http::OUTPUT_BUFFER)
+            .input_buffer_size(crate::http::API_BUFFERS.0)
+            .output_buffer_size(crate::http::API_BUFFERS.1)
             .user_agent(concat!("kube-event/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
