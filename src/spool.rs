@@ -735,7 +735,13 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, Table), String> {
         .and_then(|l| l.strip_prefix("R "))
         .and_then(|r| serde_json::from_str(r).ok())
         .ok_or("no resourceVersion line")?;
-    let mut shipped = Table::default();
+    // Sized up front: the records come in the table's own order (`Table::with_capacity`).
+    let records = body
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        .saturating_sub(2);
+    let mut shipped = Table::with_capacity(records);
     for line in lines {
         let p: Vec<&str> = line.split(' ').collect();
         if p.len() != 4 {
@@ -1118,6 +1124,29 @@ mod tests {
             .get(uid_key("b"))
             .unwrap()
             .covers(&Shipped::new(2, 7, now)));
+    }
+
+    /// A checkpoint holds the records in the table's own order; it is read into a table of
+    /// its final size (`Table::with_capacity`), or reading it would take quadratic time.
+    #[test]
+    fn a_checkpoint_is_read_into_a_table_of_its_size() {
+        let t = TempDir::new("spool-checkpoint-size");
+        let dir = t.join("data");
+        let n = 5_000;
+        {
+            let (mut s, _) = Store::open(&dir, 7200).unwrap();
+            let records: String = (0..n).map(|i| rec(&format!("u{i}"), 1, i)).collect();
+            let seq = s.next_seq();
+            commit_text(&mut s, seq, &records, "1").unwrap();
+            s.checkpoint().unwrap();
+        }
+        let (_s, r) = Store::open(&dir, 7200).unwrap();
+        let m = lock(&r.memory);
+        assert_eq!(m.committed.len(), n as usize);
+        assert_eq!(
+            m.committed.capacity(),
+            Table::with_capacity(n as usize).capacity()
+        );
     }
 
     #[test]
