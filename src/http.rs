@@ -15,6 +15,23 @@ use crate::backoff::parse_retry_after;
 pub const API_BUFFERS: (usize, usize) = (64 << 10, 16 << 10);
 pub const LOKI_BUFFERS: (usize, usize) = (16 << 10, 64 << 10);
 
+/// What both clients' agents share: their TLS settings, answers read whatever their status
+/// (the callers classify them), no redirects, 10 s to connect, the buffer sizes (reading,
+/// writing) and the user agent. Each client adds its own timeouts.
+pub fn agent_config(
+    tls: ureq::tls::TlsConfig,
+    (input, output): (usize, usize),
+) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .input_buffer_size(input)
+        .output_buffer_size(output)
+        .user_agent(concat!("kube-event/", env!("CARGO_PKG_VERSION")))
+}
+
 /// `Retry-After` (seconds) and the body as text, at most 64 KiB of it.
 pub fn error_answer(resp: &mut ureq::http::Response<ureq::Body>) -> (Option<Duration>, String) {
     let retry_after = parse_retry_after(

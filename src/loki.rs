@@ -202,15 +202,8 @@ impl Client {
         let client = cert.as_deref().zip(key.as_deref());
         let tls = crate::tls::config(ca.as_deref(), cfg.insecure_skip_verify, client)
             .map_err(|e| Error(format!("Loki TLS: {e}")))?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(10)))
+        let agent: ureq::Agent = crate::http::agent_config(tls, crate::http::LOKI_BUFFERS)
             .timeout_global(Some(Duration::from_secs(60)))
-            .input_buffer_size(crate::http::LOKI_BUFFERS.0)
-            .output_buffer_size(crate::http::LOKI_BUFFERS.1)
-            .user_agent(concat!("kube-event/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
         let basic = match (&cfg.username, &cfg.password) {

@@ -157,15 +157,8 @@ impl Client {
             .as_deref()
             .zip(t.client_key_pem.as_deref());
         let tls = crate::tls::config(t.ca_pem.as_deref(), t.insecure_skip_verify, client)?;
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(10)))
+        let agent = crate::http::agent_config(tls, crate::http::API_BUFFERS)
             .timeout_recv_response(Some(Duration::from_secs(60)))
-            .input_buffer_size(crate::http::API_BUFFERS.0)
-            .output_buffer_size(crate::http::API_BUFFERS.1)
-            .user_agent(concat!("kube-event/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
         Ok(Client {
