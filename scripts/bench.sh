@@ -268,9 +268,11 @@ mode_storm() {
     configure "$d"
     others_start
     kube_event "$d" kube-event
-    local dl cpu hwm watch
+    local dl cpu hwm watch trim0
     dl=$(done_line "$d" "$KE_PID")
     cpu=$(user_sys "$KE_PID")
+    # CPU from here to the idle window: the pusher's idle trim, 5 s after its last push.
+    trim0=$(sched_ns "$KE_PID")
     hwm=$(status_kb "$KE_PID" VmHWM)
     watch=$(grep -m1 '^WATCH ' "$d/api.out" | cut -d' ' -f2)
     report "$watch" "$dl" "$cpu" "$hwm" "$d"
@@ -286,8 +288,6 @@ mode_storm() {
     # storm's buffers back and refits the memory of shipped events (a one-off pass, a few ms
     # for 200,000 events); from 6 s on, once kube-event's CPU time stops moving (at most 15 s
     # more), a 10 s window.
-    local trim0
-    trim0=$(sched_ns "$KE_PID")
     sleep 6 # past the pusher's idle trim (IDLE_TRIM, 5 s): a protocol step, not a synchronization
     local prev cur deadline=$((SECONDS + 15))
     prev=$(ticks "$KE_PID")
