@@ -2,8 +2,9 @@
 //!
 //! A `Batch` keeps every line in one byte arena and each stream's entries as
 //! `(timestamp, range)` triples, so adding an occurrence copies its line once and allocates
-//! nothing per field. `encode` sorts each stream by time (Loki wants a stream's entries in
-//! order within a push) and writes the JSON body `{"streams":[{"stream":{…},"values":[…]}]}`.
+//! nothing per field. `seal` groups the entries by stream, orders each stream by time (Loki
+//! wants a stream's entries in order within a push) and writes the JSON body
+//! `{"streams":[{"stream":{…},"values":[…]}]}`.
 
 use std::collections::HashMap;
 
