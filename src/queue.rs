@@ -43,6 +43,16 @@ struct State {
     spare: Vec<Vec<u8>>,
 }
 
+impl State {
+    /// Seals the open batch into a spare body buffer, with the resume point it covers.
+    fn seal_open(&mut self, schema: &Schema) {
+        let buf = self.spare.pop().unwrap_or_default();
+        let sealed = self.open.seal(schema, buf);
+        self.sealed.push_back((sealed, self.rv.clone()));
+        self.opened_at = None;
+    }
+}
+
 /// How many spare body buffers are kept (each up to `BATCH_MAX_BYTES`): the one being filled
 /// and the one being pushed, with room for one more.
 const SPARE_MAX: usize = 3;
@@ -128,11 +138,7 @@ impl Queue {
             Line::Plain(l) | Line::Nested(l) => l.len(),
         };
         if !st.open.is_empty() && st.open.encoded_size() + len + 64 > self.max_bytes {
-            let buf = st.spare.pop().unwrap_or_default();
-            let sealed = st.open.seal(&self.schema, buf);
-            let rv = st.rv.clone();
-            st.sealed.push_back((sealed, rv));
-            st.opened_at = None;
+            st.seal_open(&self.schema);
             self.cv.notify_all();
             if st.sealed.len() > SEALED_MAX && st.closing.is_none() {
                 debug!(
@@ -227,11 +233,7 @@ impl Queue {
         let now = Instant::now();
         let due = st.opened_at.map(|t| t + self.interval);
         if !st.open.is_empty() && (st.closing.is_some() || due.is_some_and(|d| d <= now)) {
-            let buf = st.spare.pop().unwrap_or_default();
-            let sealed = st.open.seal(&self.schema, buf);
-            let rv = st.rv.clone();
-            st.sealed.push_back((sealed, rv));
-            st.opened_at = None;
+            st.seal_open(&self.schema);
         }
         self.room.notify_all();
         Taken {
