@@ -74,9 +74,7 @@ fn spool_text(spool: &Path) -> String {
 
 /// A spool file's header line and push body (lossy), un-gzipped when the header ends in `gzip`.
 fn batch_text(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
-    let header = String::from_utf8_lossy(&b[..end]).into_owned();
-    let body = b.get(end + 1..).unwrap_or_default();
+    let (header, body) = batch_header(b);
     let mut text = Vec::new();
     if header.ends_with(" gzip") {
         use std::io::Read;
@@ -86,6 +84,13 @@ fn batch_text(b: &[u8]) -> String {
         text = body.to_vec();
     }
     format!("{header}\n{}", String::from_utf8_lossy(&text))
+}
+
+/// A spool file's header line (lossy), and the bytes after it.
+fn batch_header(b: &[u8]) -> (String, &[u8]) {
+    let end = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
+    let header = String::from_utf8_lossy(&b[..end]).into_owned();
+    (header, b.get(end + 1..).unwrap_or_default())
 }
 
 /// Waits until every one of `names` is in a spool file.
@@ -523,11 +528,7 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
     let headers = |spool: &Path| -> Vec<String> {
         spool_files(spool)
             .iter()
-            .map(|p| {
-                let b = std::fs::read(p).unwrap();
-                let end = b.iter().position(|&c| c == b'\n').unwrap();
-                String::from_utf8_lossy(&b[..end]).into_owned()
-            })
+            .map(|p| batch_header(&std::fs::read(p).unwrap()).0)
             .collect()
     };
     // (spooled with, pushed with, the body's word in the spool file's header)
