@@ -404,6 +404,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string: borrowed when it has no escapes.
+    #[inline(always)]
     fn string(&mut self) -> Result<Text<'a>> {
         if self.peek() != Some(b'"') {
             return self.err("expected a string");
