@@ -4,8 +4,10 @@
 # loopback sockets. Both are examples/bench.rs.
 #
 #   scripts/bench.sh [N]                       N events (default 200000), all modes
-#   BENCH_MODES="storm cold" scripts/bench.sh  only some of: storm cold drain floor
+#   BENCH_MODES="storm cold" scripts/bench.sh  only some of: storm gzip cold drain floor
 #   BENCH_KEEP=1 scripts/bench.sh              keep the work folder (logs, configs, outputs)
+#   BENCH_COMPRESSION=gzip scripts/bench.sh    LOKI_COMPRESSION for every mode (default:
+#                                              kube-event's default, snappy)
 #
 # Modes:
 #   storm  an empty list, then one watch stream of N ADDED frames as fast as the generator
@@ -13,6 +15,7 @@
 #          sink, events/s, CPU µs per event (utime+stime of kube-event), peak RSS (VmHWM),
 #          bytes pushed; then idle RSS and idle CPU over 10 s, from 6 s after the storm (after
 #          the pusher's one-off idle trim).
+#   gzip   the storm again with LOKI_COMPRESSION=gzip (JSON, gzipped), the other push encoding.
 #   cold   the cluster holds N events: kube-event lists them (pages of 500) at startup;
 #          from kube-event's start to the N-th entry accepted.
 #   drain  Loki down (the sink answers 503) during a storm of N: kube-event spools them; it is
@@ -22,7 +25,8 @@
 set -euo pipefail
 
 N=${1:-200000}
-MODES=${BENCH_MODES:-storm cold drain floor}
+MODES=${BENCH_MODES:-storm gzip cold drain floor}
+COMPRESSION=${BENCH_COMPRESSION:-snappy}
 [[ $N =~ ^[0-9]+$ && $N -gt 0 ]] || { echo "usage: $0 [N]" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -136,9 +140,9 @@ apiserver() {
     API_PORT=$(wait_line "$dir/api.out" '^READY ' 120 "$API_PID" | cut -d' ' -f2)
 }
 
-# configure DIR: kubeconfig + kube-event.conf for the running generator and sink.
+# configure DIR [COMPRESSION]: kubeconfig + kube-event.conf for the running generator and sink.
 configure() {
-    local dir=$1
+    local dir=$1 compression=${2:-$COMPRESSION}
     cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -163,6 +167,7 @@ LOKI_URL=http://127.0.0.1:$LOKI_PORT
 KUBECONFIG=$dir/kubeconfig
 PUSH_INTERVAL_SECONDS=1
 BATCH_MAX_BYTES=1048576
+LOKI_COMPRESSION=$compression
 DATA_DIR=$dir/data
 LOG_LEVEL=warn
 EOF
@@ -260,12 +265,12 @@ finish_mode() {
     kill_pid "$SINK_PID"
 }
 mode_storm() {
-    local d=$WORK/storm
+    local compression=${1:-$COMPRESSION} d=$WORK/storm-${1:-$COMPRESSION}
     mkdir -p "$d"
-    echo "== storm: one watch stream of $N events, gzip on"
+    echo "== storm: one watch stream of $N events, LOKI_COMPRESSION=$compression"
     sink "$d"
     apiserver "$d" storm
-    configure "$d"
+    configure "$d" "$compression"
     others_start
     kube_event "$d" kube-event
     local dl cpu hwm watch trim0
@@ -318,7 +323,7 @@ mode_storm() {
 mode_cold() {
     local d=$WORK/cold
     mkdir -p "$d"
-    echo "== cold start: list of $N events (pages of 500), gzip on"
+    echo "== cold start: list of $N events (pages of 500), LOKI_COMPRESSION=$COMPRESSION"
     sink "$d"
     apiserver "$d" cold
     configure "$d"
@@ -355,7 +360,7 @@ spooled() {
 mode_drain() {
     local d=$WORK/drain
     mkdir -p "$d"
-    echo "== spool drain: $N events spooled while Loki was down, then a restart"
+    echo "== spool drain: $N events spooled while Loki was down, then a restart, LOKI_COMPRESSION=$COMPRESSION"
     sink "$d" --down-until "$d/loki-up"
     apiserver "$d" storm
     configure "$d"
@@ -415,6 +420,7 @@ printf '  %-34s %s\n' "events" "$N"
 for m in $MODES; do
     case $m in
     storm | cold | drain | floor) "mode_$m" ;;
-    *) die "unknown mode $m (storm cold drain floor)" ;;
+    gzip) mode_storm gzip ;;
+    *) die "unknown mode $m (storm gzip cold drain floor)" ;;
     esac
 done

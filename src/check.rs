@@ -141,7 +141,7 @@ fn check_loki(config: &Config, r: &mut Report<'_>) {
             return;
         }
     };
-    client.set_gzip(config.gzip);
+    client.set_wire(config.compression);
     let url = client.url().to_string();
     match client.probe() {
         Ok(detail) => r.ok("Loki", &format!("{url}: {detail}")),

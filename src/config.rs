@@ -103,8 +103,9 @@ pub struct Config {
     pub job: String,
     /// `STRUCTURED_METADATA`: send event_uid, object_uid and name as structured metadata.
     pub structured_metadata: bool,
-    /// `LOKI_COMPRESSION`: gzip the push bodies.
-    pub gzip: bool,
+    /// `LOKI_COMPRESSION`: how push bodies go out: `snappy` (protobuf, the default), `gzip`
+    /// (gzipped JSON) or `none` (JSON).
+    pub compression: crate::loki::Encoding,
     /// Problems worth a warning (unknown keys, repeated keys), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -463,17 +464,18 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             ),
         ));
     }
-    let gzip = match string("LOKI_COMPRESSION")
+    let compression = match string("LOKI_COMPRESSION")
         .map(|c| c.to_ascii_lowercase())
         .as_deref()
     {
-        None | Some("gzip") => true,
-        Some("none") => false,
+        None | Some("snappy") => crate::loki::Encoding::Snappy,
+        Some("gzip") => crate::loki::Encoding::Gzip,
+        Some("none") => crate::loki::Encoding::Json,
         Some(_) => {
             return Err(err(
                 "LOKI_COMPRESSION",
                 format!(
-                    "expected gzip or none, got {:?}",
+                    "expected snappy, gzip or none, got {:?}",
                     get("LOKI_COMPRESSION").unwrap().text
                 ),
             ))
@@ -582,7 +584,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         label_keys,
         job,
         structured_metadata: boolean("STRUCTURED_METADATA")?,
-        gzip,
+        compression,
         health_stall: Duration::from_secs(number(
             "HEALTH_STALL_SECONDS",
             600,

@@ -27,6 +27,7 @@ pub mod loki;
 pub mod mem;
 pub mod metrics;
 pub mod notify;
+pub mod proto;
 pub mod pusher;
 pub mod queue;
 pub mod scan;
@@ -158,7 +159,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             .map_err(|e| Error::Config(e.to_string()))?;
         let mut client =
             loki::Client::new(&config.loki).map_err(|e| Error::Config(e.to_string()))?;
-        client.set_gzip(config.gzip);
+        client.set_wire(config.compression);
         let rv = recovered.rv.unwrap_or_default();
         let spooled: usize = recovered.batches.iter().map(|b| b.entries).sum();
         if rv.is_empty() && recovered.batches.is_empty() {

@@ -35,13 +35,15 @@ pub fn classify(status: u16) -> Class {
 pub struct Client {
     agent: ureq::Agent,
     url: String,
-    /// `LOKI_COMPRESSION=gzip`: bodies go out gzipped (`Content-Encoding: gzip`).
-    gzip: bool,
+    /// `LOKI_COMPRESSION`: how bodies go out (snappy protobuf, gzipped JSON or JSON).
+    wire: Encoding,
     tenant: Option<String>,
     basic: Option<String>,
     bearer: Option<BearerFile>,
     /// Made at the first compression after start or idle: ~330 KB of deflate tables.
     zip: Option<Gzip>,
+    /// The same for snappy protobuf: the transcoder's buffers and snappy's table.
+    proto: Option<crate::proto::Encoder>,
 }
 
 /// The deflate state and the output buffer, kept from one push to the next. A fresh state is
@@ -110,13 +112,15 @@ impl Gzip {
     }
 }
 
-/// How a push body is held (in the spool, in memory): as the JSON text, or gzipped as it goes
-/// out with `LOKI_COMPRESSION=gzip`. A batch is compressed once, before it is spooled, so the
-/// spool is 3.4x smaller and a retry or a drain after an outage compresses nothing.
+/// How a push body is held (in the spool, in memory) and sent (`LOKI_COMPRESSION`): as the
+/// JSON text (`none`), gzipped JSON (`gzip`), or snappy protobuf (`snappy`, `proto.rs`). A
+/// batch is compressed once, before it is spooled, so the spool is 2-3x smaller and a retry
+/// or a drain after an outage compresses nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Json,
     Gzip,
+    Snappy,
 }
 
 impl Encoding {
@@ -125,6 +129,7 @@ impl Encoding {
         match self {
             Encoding::Json => "json",
             Encoding::Gzip => "gzip",
+            Encoding::Snappy => "snappy",
         }
     }
 
@@ -132,13 +137,15 @@ impl Encoding {
         match s {
             "json" => Some(Encoding::Json),
             "gzip" => Some(Encoding::Gzip),
+            "snappy" => Some(Encoding::Snappy),
             _ => None,
         }
     }
 }
 
-/// The JSON text of a body held as `enc` (a copy only when it is gzipped): for re-stamping a
-/// rejected batch and for keeping it readable in `rejected/`.
+/// The JSON text of a body held as `enc` (a copy unless it is JSON): for re-stamping a
+/// rejected batch, for keeping it readable in `rejected/`, and for sending it under another
+/// `LOKI_COMPRESSION` than it was spooled with.
 pub fn json_text(body: &[u8], enc: Encoding) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match enc {
         Encoding::Json => Ok(std::borrow::Cow::Borrowed(body)),
@@ -150,6 +157,7 @@ pub fn json_text(body: &[u8], enc: Encoding) -> Result<std::borrow::Cow<'_, [u8]
                 .map_err(|e| format!("cannot decompress the gzipped body: {e}"))?;
             Ok(std::borrow::Cow::Owned(out))
         }
+        Encoding::Snappy => crate::proto::json_text(body).map(std::borrow::Cow::Owned),
     }
 }
 
@@ -224,11 +232,12 @@ impl Client {
         Ok(Client {
             agent,
             url,
-            gzip: true,
+            wire: Encoding::Snappy,
             tenant: cfg.tenant_id.clone(),
             basic,
             bearer,
             zip: None,
+            proto: None,
         })
     }
 
@@ -236,31 +245,44 @@ impl Client {
         &self.url
     }
 
-    /// Releases the deflate state and its output buffer (idle).
+    /// Releases the compression state and its buffers (idle).
     pub fn trim(&mut self) {
         self.zip = None;
+        self.proto = None;
     }
 
-    /// Whether push bodies are gzipped (`LOKI_COMPRESSION`; on by default).
-    pub fn set_gzip(&mut self, on: bool) {
-        self.gzip = on;
+    /// How push bodies go out (`LOKI_COMPRESSION`; snappy protobuf by default).
+    pub fn set_wire(&mut self, wire: Encoding) {
+        self.wire = wire;
     }
 
-    /// How new batches are best held: gzipped when they go out gzipped.
+    /// How new batches are best held: as they go out.
     pub fn encoding(&self) -> Encoding {
-        if self.gzip {
-            Encoding::Gzip
-        } else {
-            Encoding::Json
-        }
+        self.wire
     }
 
-    /// Gzips a JSON `body` into `out` with this client's deflate state (for a batch held as
-    /// `Encoding::Gzip`).
-    pub fn gzip_into(&mut self, body: &[u8], out: &mut Vec<u8>) {
-        self.zip
-            .get_or_insert_with(Gzip::default)
-            .compress_into(body, out);
+    /// Encodes a sealed JSON `body` into `out` as this client sends it (for a batch held as
+    /// `self.encoding()`, when that is not JSON). `Err` when the body cannot be transcoded
+    /// to protobuf (never for kube-event's own bodies): the batch is then held as JSON.
+    pub fn encode_into(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        match self.wire {
+            Encoding::Json => {
+                out.clear();
+                out.extend_from_slice(body);
+                Ok(())
+            }
+            Encoding::Gzip => {
+                self.zip
+                    .get_or_insert_with(Gzip::default)
+                    .compress_into(body, out);
+                Ok(())
+            }
+            Encoding::Snappy => self
+                .proto
+                .get_or_insert_with(Default::default)
+                .encode_into(body, out)
+                .map_err(|e| format!("cannot transcode the JSON body to protobuf: {e}")),
+        }
     }
 
     /// For `--check`: pushes an empty request, which Loki answers (204, or 422 "at least one
@@ -280,36 +302,38 @@ impl Client {
         }
     }
 
-    /// One push attempt of `body`, held as `enc`. It goes out gzipped unless
-    /// `LOKI_COMPRESSION=none`, which also un-gzips a batch spooled while gzip was on.
+    /// One push attempt of `body`, held as `enc`. It goes out as `LOKI_COMPRESSION` says,
+    /// converted when it was spooled under another setting (or re-stamped, as JSON).
     pub fn push(&mut self, body: &[u8], enc: Encoding) -> Outcome {
-        let plain;
-        let (wire, gzipped): (&[u8], bool) = match (enc, self.gzip) {
-            (Encoding::Json, false) => (body, false),
-            (Encoding::Gzip, true) => (body, true),
-            (Encoding::Json, true) => (
-                self.zip.get_or_insert_with(Gzip::default).compress(body),
-                true,
-            ),
-            (Encoding::Gzip, false) => match json_text(body, enc) {
-                Ok(text) => {
-                    plain = text;
-                    (&plain[..], false)
-                }
-                // It passed the spool's checksum; Loki says what it makes of it.
+        let mut converted = Vec::new();
+        let sent = if enc == self.wire {
+            enc
+        } else {
+            match json_text(body, enc).and_then(|text| {
+                let mut out = std::mem::take(&mut converted);
+                self.encode_into(&text, &mut out)?;
+                converted = out;
+                Ok(())
+            }) {
+                Ok(()) => self.wire,
+                // It passed the spool's checksum; Loki says what it makes of it as it is.
                 Err(e) => {
-                    warn!("{e}; pushing it gzipped");
-                    (body, true)
+                    warn!("{e}; pushing it {}", enc.name());
+                    enc
                 }
-            },
+            }
         };
-        let mut req = self
-            .agent
-            .post(&self.url)
-            .header("Content-Type", "application/json");
-        if gzipped {
-            req = req.header("Content-Encoding", "gzip");
-        }
+        let wire = if sent == enc { body } else { &converted[..] };
+        let mut req = self.agent.post(&self.url);
+        req = match sent {
+            Encoding::Json => req.header("Content-Type", "application/json"),
+            Encoding::Gzip => req
+                .header("Content-Type", "application/json")
+                .header("Content-Encoding", "gzip"),
+            Encoding::Snappy => req
+                .header("Content-Type", "application/x-protobuf")
+                .header("Content-Encoding", "snappy"),
+        };
         if let Some(t) = &self.tenant {
             req = req.header("X-Scope-OrgID", t);
         }

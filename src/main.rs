@@ -9,6 +9,7 @@ const USAGE: &str = "\
 kube-event: ships every occurrence of every Kubernetes Event to Grafana Loki
 
 Usage: kube-event [--config PATH] [--stdout] [--check] [--version] [--help]
+       kube-event --show-batch FILE
 
 Options:
   --config PATH  the configuration file (else $KUBE_EVENT_CONFIG, else ./kube-event.conf,
@@ -17,6 +18,9 @@ Options:
                  (LOKI_URL is not needed)
   --check        check the configuration, the API server, Loki and DATA_DIR, print one
                  line per check (OK or FAIL with the fix), exit 0 only if all pass
+  --show-batch FILE
+                 print the push body of a spooled batch (DATA_DIR/spool/<seq>.batch) as
+                 Loki's JSON, whatever LOKI_COMPRESSION it was spooled with, and exit
   --version      print the version and exit
   --help         print this help and exit
 
@@ -27,6 +31,7 @@ struct Args {
     config: Option<PathBuf>,
     stdout: bool,
     check: bool,
+    show_batch: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -34,6 +39,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         config: None,
         stdout: false,
         check: false,
+        show_batch: None,
     };
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
@@ -54,6 +60,10 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--config" | "-c" => {
                 let p = it.next().ok_or("--config needs a path")?;
                 args.config = Some(PathBuf::from(p));
+            }
+            "--show-batch" => {
+                let p = it.next().ok_or("--show-batch needs a file")?;
+                args.show_batch = Some(PathBuf::from(p));
             }
             s if s.starts_with("--config=") => {
                 args.config = Some(PathBuf::from(&s["--config=".len()..]));
@@ -80,6 +90,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = &args.show_batch {
+        return match kube_event::spool::batch_json(path) {
+            Ok(json) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                match out.write_all(&json).and_then(|()| out.write_all(b"\n")) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(_) => ExitCode::from(1),
+                }
+            }
+            Err(e) => {
+                eprintln!("kube-event: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let env = |k: &str| std::env::var(k).ok();
     let config = kube_event::config::locate(args.config.as_deref(), &env)
         .and_then(|file| kube_event::config::load(file.as_deref(), &env));

@@ -24,8 +24,8 @@ use crate::time::format_rfc3339;
 /// (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
 const CACHE_MAX: usize = 2 << 20;
 
-/// How many emptied gzipped bodies are kept to compress the next batches into. (Emptied JSON
-/// bodies go back to the queue, which seals batches into them.)
+/// How many emptied compressed bodies are kept to compress the next batches into. (Emptied
+/// JSON bodies go back to the queue, which seals batches into them.)
 const WIRE_SPARE_MAX: usize = 2;
 
 /// How long the pipeline is idle before its buffers are released.
@@ -71,7 +71,7 @@ pub struct Pusher {
     spool_max: u64,
     /// Bytes of spooled batches' bodies kept in memory (their buffers' capacity).
     cached: usize,
-    /// Emptied gzipped bodies, to compress the next batches into.
+    /// Emptied compressed bodies, to compress the next batches into.
     wires: Vec<Vec<u8>>,
     backoff: Backoff,
     failures: u32,
@@ -181,15 +181,23 @@ impl Pusher {
     }
 
     fn spool(&mut self, mut sealed: Sealed, rv: String) {
-        // Compressed once, here, as it will be pushed: the spool holds 3.4x more, and neither a
-        // retry nor a drain after an outage compresses again. The JSON buffer goes straight
+        // Encoded once, here, as it will be pushed: the spool holds 2-3x more, and neither a
+        // retry nor a drain after an outage encodes again. The JSON buffer goes straight
         // back to the queue for the next batch.
-        let encoding = self.client.encoding();
-        if encoding == Encoding::Gzip {
+        let mut encoding = self.client.encoding();
+        if encoding != Encoding::Json {
             let mut wire = self.wires.pop().unwrap_or_default();
-            self.client.gzip_into(&sealed.body, &mut wire);
-            let json = std::mem::replace(&mut sealed.body, wire);
-            self.queue.recycle(Some(json));
+            match self.client.encode_into(&sealed.body, &mut wire) {
+                Ok(()) => {
+                    let json = std::mem::replace(&mut sealed.body, wire);
+                    self.queue.recycle(Some(json));
+                }
+                Err(e) => {
+                    warn!("batch {}: {e}; it goes out as JSON", self.store.next_seq());
+                    encoding = Encoding::Json;
+                    self.wires.push(wire);
+                }
+            }
         }
         // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
         self.make_room(sealed.body.len() as u64 + 128);
@@ -424,9 +432,16 @@ impl Pusher {
                     let kept = match &text {
                         Ok(text) => self.store.keep_rejected(seq, text, "json", status, &answer),
                         // Kept as it is, then: never lost.
-                        Err(_) => self
-                            .store
-                            .keep_rejected(seq, body, "json.gz", status, &answer),
+                        Err(_) => self.store.keep_rejected(
+                            seq,
+                            body,
+                            match encoding {
+                                Encoding::Snappy => "pb.snappy",
+                                _ => "json.gz",
+                            },
+                            status,
+                            &answer,
+                        ),
                     };
                     error!(
                         "Loki rejected batch {seq} ({entries} entries) with {status}: {}; {kept}",
@@ -492,7 +507,7 @@ impl Pusher {
     /// for the queue to seal into.
     fn recycle(&mut self, body: Option<Vec<u8>>, encoding: Encoding) {
         match (body, encoding) {
-            (Some(mut b), Encoding::Gzip) => {
+            (Some(mut b), Encoding::Gzip | Encoding::Snappy) => {
                 if self.wires.len() < WIRE_SPARE_MAX && b.capacity() > 0 {
                     b.clear();
                     self.wires.push(b);

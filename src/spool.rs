@@ -32,8 +32,8 @@ use crate::time::now_secs;
 /// still read.
 const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 2";
 const CHECKPOINT_MAGIC_V1: &str = "KUBE-EVENT CHECKPOINT 1";
-/// Version 2 adds the body's encoding (`json` or `gzip`) at the end of the header. Version 1
-/// files (JSON bodies) are still read.
+/// Version 2 adds the body's encoding (`json`, `gzip` or `snappy`, `loki::Encoding`) at the
+/// end of the header. Version 1 files (JSON bodies) are still read.
 const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 2";
 const BATCH_MAGIC_V1: &str = "KUBE-EVENT BATCH 1";
 /// Compact the journal into a checkpoint when it is this large (and larger than twice the
@@ -756,6 +756,17 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, Table), String> {
         shipped.insert(key, s);
     }
     Ok((gen, rv, shipped))
+}
+
+/// The push body of the spool file at `path` as Loki's JSON, whatever it was spooled as
+/// (`kube-event --show-batch`).
+pub fn batch_json(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (file, body) =
+        parse_batch(&bytes).map_err(|why| format!("{} is damaged: {why}", path.display()))?;
+    crate::loki::json_text(body, file.encoding)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A spool file: header line + push body. Returns the header fields and the body.

@@ -72,7 +72,8 @@ fn spool_text(spool: &Path) -> String {
         .join("\n")
 }
 
-/// A spool file's header line and push body (lossy), un-gzipped when the header ends in `gzip`.
+/// A spool file's header line and push body (lossy), un-gzipped when the header ends in `gzip`,
+/// decoded (its streams' debug text) when it ends in `snappy`.
 fn batch_text(b: &[u8]) -> String {
     let (header, body) = batch_header(b);
     let mut text = Vec::new();
@@ -80,6 +81,11 @@ fn batch_text(b: &[u8]) -> String {
         use std::io::Read;
         // A torn file ends early: what decompressed up to there counts.
         let _ = flate2::read::GzDecoder::new(body).read_to_end(&mut text);
+    } else if header.ends_with(" snappy") {
+        // A torn file does not decode: it shows no entries.
+        if let Ok(streams) = support::loki::parse_protobuf_push(body) {
+            text = format!("{streams:?}").into_bytes();
+        }
     } else {
         text = body.to_vec();
     }
@@ -519,9 +525,9 @@ fn sigterm_while_loki_is_down_keeps_the_batches_for_the_next_run() {
     assert_no_duplicates(&rig.loki);
 }
 
-/// The spool holds batches as they are pushed (gzipped by default, JSON with
-/// `LOKI_COMPRESSION=none`). A batch spooled one way and pushed after the setting changed
-/// goes out as the setting says, and nothing is lost or repeated.
+/// The spool holds batches as they are pushed (snappy protobuf by default, gzipped JSON with
+/// `LOKI_COMPRESSION=gzip`, JSON with `none`). A batch spooled one way and pushed after the
+/// setting changed goes out as the setting says, and nothing is lost or repeated.
 #[test]
 fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
     let rig = Rig::new();
@@ -532,7 +538,14 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
             .collect()
     };
     // (spooled with, pushed with, the body's word in the spool file's header)
-    let rounds = [("gzip", "none", "gzip"), ("none", "gzip", "json")];
+    let rounds = [
+        ("gzip", "none", "gzip"),
+        ("none", "gzip", "json"),
+        ("snappy", "gzip", "snappy"),
+        ("gzip", "snappy", "gzip"),
+        ("snappy", "none", "snappy"),
+        ("none", "snappy", "json"),
+    ];
     for (round, (spooled_with, pushed_with, word)) in rounds.into_iter().enumerate() {
         rig.loki.go_away();
         let ke = rig.start_watching(&[("LOKI_COMPRESSION", spooled_with)]);
@@ -549,6 +562,28 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
             !spooled.is_empty() && spooled.iter().all(|h| h.ends_with(&format!(" {word}"))),
             "LOKI_COMPRESSION={spooled_with}: spool headers {spooled:?}"
         );
+        // `--show-batch` prints each as Loki's JSON, whatever it was spooled as.
+        let mut shown = Vec::new();
+        for file in spool_files(&rig.spool()) {
+            let show = KubeEvent::spawn_args(
+                rig.dir.path(),
+                &[],
+                &["--show-batch", file.to_str().unwrap()],
+            );
+            assert!(show.wait_exit(T).success(), "{}", show.stderr_text());
+            let body: serde_json::Value = serde_json::from_str(&show.stdout_text())
+                .unwrap_or_else(|e| panic!("{e}: {}", show.stdout_text()));
+            for stream in body["streams"].as_array().unwrap() {
+                assert_eq!(stream["stream"]["job"], "kube-event", "{body}");
+                for v in stream["values"].as_array().unwrap() {
+                    let line: serde_json::Value =
+                        serde_json::from_str(v[1].as_str().unwrap()).unwrap();
+                    shown.push(line["event_name"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        shown.sort();
+        assert_eq!(shown, names, "LOKI_COMPRESSION={spooled_with}");
         rig.loki.come_back();
         let before = rig.loki.pushes().len();
         let ke = rig.start(&[("LOKI_COMPRESSION", pushed_with)]);
@@ -557,7 +592,7 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
         ke.sigterm();
         assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
         let pushes = rig.loki.pushes();
-        let want = (pushed_with == "gzip").then_some("gzip");
+        let want = (pushed_with != "none").then_some(pushed_with);
         let got: Vec<Option<&str>> = pushes[before..]
             .iter()
             .map(|p| p.header("content-encoding"))
@@ -567,7 +602,7 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
             "LOKI_COMPRESSION={pushed_with}: {got:?}"
         );
     }
-    assert_eq!(rig.loki.entries().len(), 6);
+    assert_eq!(rig.loki.entries().len(), 3 * rounds.len());
     assert_no_duplicates(&rig.loki);
 }
 

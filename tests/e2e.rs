@@ -536,7 +536,7 @@ fn tenant_and_basic_auth_reach_loki() {
         push.header("authorization"),
         Some(format!("Basic {}", support::util::base64_encode(b"12345:hunter2")).as_str())
     );
-    assert_eq!(push.header("content-type"), Some("application/json"));
+    assert_eq!(push.header("content-type"), Some("application/x-protobuf"));
 }
 
 #[test]
@@ -696,6 +696,20 @@ fn version_and_help() {
     let ke = KubeEvent::spawn_args(dir.path(), &[], &["--help"]);
     assert!(ke.wait_exit(T).success());
     assert!(ke.stdout_text().contains("--stdout"));
+    assert!(ke.stdout_text().contains("--show-batch"));
+    // A file that is not a spooled batch: exit 1, and why.
+    let not_a_batch = dir.write("x.batch", "KUBE-EVENT BATCH 2 1 1 1 1 5 0 snappy\nhello");
+    for (file, why) in [
+        (
+            not_a_batch.to_str().unwrap(),
+            "is damaged: checksum mismatch",
+        ),
+        ("/nonexistent/1.batch", "cannot read /nonexistent/1.batch"),
+    ] {
+        let ke = KubeEvent::spawn_args(dir.path(), &[], &["--show-batch", file]);
+        assert_eq!(ke.wait_exit(T).code(), Some(1));
+        assert!(ke.stderr_text().contains(why), "{}", ke.stderr_text());
+    }
 }
 
 #[test]

@@ -270,7 +270,7 @@ fn label_configurations_loki_would_refuse_are_refused_at_startup() {
         ),
         (
             vec![("LOKI_COMPRESSION", "zstd")],
-            "LOKI_COMPRESSION: expected gzip or none",
+            "LOKI_COMPRESSION: expected snappy, gzip or none",
         ),
         (vec![("DEDUPLICATE", "2")], "DEDUPLICATE: expected 0"),
     ] {
@@ -333,22 +333,59 @@ fn structured_metadata_and_a_loki_that_refuses_it() {
     ke.wait_for_stderr("set STRUCTURED_METADATA=false", T);
 }
 
+/// Snappy protobuf (Loki's native push, what Promtail and Alloy send) unless told otherwise;
+/// every setting delivers the same entries.
 #[test]
-fn pushes_are_gzipped_unless_told_otherwise() {
-    let rig = Rig::new();
-    rig.api
-        .create(ev("shop", "a.1", "Warning", "BackOff", "Pod", "kubelet", 1));
-    let _ke = rig.start(&[]);
-    rig.loki.wait_for_entries(1, T);
-    assert_eq!(
-        rig.loki.pushes()[0].header("content-encoding"),
-        Some("gzip")
+fn pushes_are_snappy_protobuf_unless_told_otherwise() {
+    let mut odd = ev(
+        "kube-system",
+        "b.2",
+        "Normal",
+        "Pulled",
+        "Pod",
+        "kubelet",
+        3,
     );
-
-    let rig = Rig::new();
-    rig.api
-        .create(ev("shop", "a.1", "Warning", "BackOff", "Pod", "kubelet", 1));
-    let _ke = rig.start(&[("LOKI_COMPRESSION", "none")]);
-    rig.loki.wait_for_entries(1, T);
-    assert_eq!(rig.loki.pushes()[0].header("content-encoding"), None);
+    odd["message"] =
+        json!("a \"quoted\" C:\\path, a tab\t, a newline\n, é, 日本, \u{1F600}, \u{1}");
+    let events = [
+        ev("shop", "a.1", "Warning", "BackOff", "Pod", "kubelet", 1),
+        odd,
+    ];
+    let mut seen = Vec::new();
+    for (setting, content_type, encoding) in [
+        (None, "application/x-protobuf", Some("snappy")),
+        (Some("gzip"), "application/json", Some("gzip")),
+        (Some("none"), "application/json", None),
+        (Some("SNAPPY"), "application/x-protobuf", Some("snappy")),
+    ] {
+        let rig = Rig::new();
+        for e in &events {
+            rig.api.create(e.clone());
+        }
+        let vars: Vec<(&str, &str)> = setting
+            .map(|s| ("LOKI_COMPRESSION", s))
+            .into_iter()
+            .collect();
+        let _ke = rig.start(&vars);
+        rig.loki.wait_for_entries(2, T);
+        let push = &rig.loki.pushes()[0];
+        assert_eq!(
+            push.header("content-type"),
+            Some(content_type),
+            "{setting:?}"
+        );
+        assert_eq!(push.header("content-encoding"), encoding, "{setting:?}");
+        let mut entries = rig.loki.entries();
+        entries.sort_by(|a, b| a.line.cmp(&b.line));
+        seen.push(entries);
+    }
+    assert!(seen.windows(2).all(|w| w[0].len() == w[1].len()));
+    for entries in &seen[1..] {
+        for (a, b) in entries.iter().zip(&seen[0]) {
+            assert_eq!((&a.labels, &a.metadata), (&b.labels, &b.metadata));
+            assert_eq!(a.line, b.line);
+            assert_eq!(a.ts, b.ts);
+        }
+    }
 }

@@ -494,6 +494,92 @@ fn loki_records_pushes_and_rejects_like_loki() {
     assert!(parse_rfc3339(t).is_some(), "{t}");
 }
 
+/// A protobuf `PushRequest` of one stream, written by hand (push.proto's field numbers).
+fn protobuf_push(labels: &str, secs: u64, nanos: u64, line: &str) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, key: u8, bytes: &[u8]) {
+        out.push(key);
+        let mut n = bytes.len();
+        while n >= 0x80 {
+            out.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+    }
+    fn varint(out: &mut Vec<u8>, key: u8, mut v: u64) {
+        out.push(key);
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut ts = Vec::new();
+    varint(&mut ts, 0x08, secs);
+    varint(&mut ts, 0x10, nanos);
+    let mut entry = Vec::new();
+    field(&mut entry, 0x0a, &ts);
+    field(&mut entry, 0x12, line.as_bytes());
+    let mut stream = Vec::new();
+    field(&mut stream, 0x0a, labels.as_bytes());
+    field(&mut stream, 0x12, &entry);
+    let mut req = Vec::new();
+    field(&mut req, 0x0a, &stream);
+    req
+}
+
+#[test]
+fn loki_reads_snappy_protobuf_like_loki() {
+    let loki = FakeLoki::start();
+    let a = plain_agent();
+    let post = |content_type: &str, body: &[u8]| {
+        let mut resp = a
+            .post(&loki.push_url())
+            .header("Content-Type", content_type)
+            .header("Content-Encoding", "snappy")
+            .send(body)
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let now = now_nanos() as u64;
+    let (secs, nanos) = (now / 1_000_000_000, now % 1_000_000_000);
+    let raw = protobuf_push(
+        r#"{job="kube-event", namespace="de\"mo"}"#,
+        secs,
+        nanos,
+        "a line",
+    );
+    let body = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+    assert_eq!(post("application/x-protobuf", &body), (204, String::new()));
+    let entries = loki.wait_for_entries(1, T);
+    assert_eq!(entries[0].line, "a line");
+    assert_eq!(entries[0].ts, now.to_string());
+    assert_eq!(entries[0].labels["namespace"], "de\"mo");
+    // Not snappy, or not protobuf, or labels Loki cannot parse: 400.
+    let (status, text) = post("application/x-protobuf", &raw);
+    assert_eq!((status, text.as_str()), (400, "snappy: corrupt input\n"));
+    let cut = snap::raw::Encoder::new()
+        .compress_vec(&raw[..raw.len() - 3])
+        .unwrap();
+    let (status, text) = post("application/x-protobuf", &cut);
+    assert_eq!(status, 400);
+    assert!(text.starts_with("proto: "), "{text}");
+    let bad = protobuf_push("{job=kube-event}", secs, nanos, "x");
+    let (status, text) = post(
+        "application/x-protobuf",
+        &snap::raw::Encoder::new().compress_vec(&bad).unwrap(),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        text.starts_with("error parsing labels '{job=kube-event}' with error"),
+        "{text}"
+    );
+    assert_eq!(loki.entries().len(), 1);
+}
+
 #[test]
 fn loki_scripted_failures_rule_and_tenant() {
     let loki = FakeLoki::start();

@@ -342,8 +342,9 @@ fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) 
     }
     let bad = |text: &str| (Response::go_error(400, text), None, Vec::new());
     // Gzipped JSON is accepted since Loki 2.2 (protocols.md 5.2); deflate too, not used here.
+    // `snappy` is passed on: a protobuf body is snappy-decoded below, whatever the header says.
     let body: std::borrow::Cow<[u8]> = match req.header("content-encoding").unwrap_or("") {
-        "" => std::borrow::Cow::Borrowed(&req.body),
+        "" | "snappy" => std::borrow::Cow::Borrowed(&req.body),
         "gzip" => {
             use std::io::Read;
             let mut out = Vec::new();
@@ -359,11 +360,13 @@ fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) 
     if media.is_empty() {
         return bad("mime: no media type");
     }
-    if !media.eq_ignore_ascii_case("application/json") {
-        // Loki would decode snappy protobuf here; the product must send JSON.
-        return bad("snappy: corrupt input");
-    }
-    let parsed = match parse_push(&body) {
+    // Only `application/json` is JSON; anything else is snappy protobuf (protocols.md 5.2).
+    let parsed = if media.eq_ignore_ascii_case("application/json") {
+        parse_push(&body)
+    } else {
+        parse_protobuf_push(&body)
+    };
+    let parsed = match parsed {
         Ok(p) => p,
         Err(msg) => return bad(&msg),
     };
@@ -489,7 +492,7 @@ fn answer(s: &mut State, req: &Request) -> (Response, Option<Push>, Vec<Entry>) 
     }
 }
 
-type ParsedStream = (
+pub type ParsedStream = (
     BTreeMap<String, String>,
     Vec<(String, String, BTreeMap<String, String>)>,
 );
@@ -591,6 +594,187 @@ fn parse_push(body: &[u8]) -> Result<Vec<ParsedStream>, String> {
         out.push((labels, values));
     }
     Ok(out)
+}
+
+/// A snappy-compressed protobuf `logproto.PushRequest` (Loki's `pkg/push/push.proto`: streams
+/// = 1; a stream's labels = 1, entries = 2, hash = 3; an entry's timestamp = 1 {seconds = 1,
+/// nanos = 2}, line = 2, structuredMetadata = 3 {name = 1, value = 2}), read with a decoder of
+/// its own, not the product's.
+pub fn parse_protobuf_push(body: &[u8]) -> Result<Vec<ParsedStream>, String> {
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|_| "snappy: corrupt input".to_string())?;
+    let mut out = Vec::new();
+    for (field, stream) in pb_fields(&raw)? {
+        let PbValue::Bytes(stream) = stream else {
+            continue;
+        };
+        if field != 1 {
+            continue;
+        }
+        let mut labels = BTreeMap::new();
+        let mut values = Vec::new();
+        for (field, value) in pb_fields(stream)? {
+            match (field, value) {
+                (1, PbValue::Bytes(text)) => {
+                    let text = std::str::from_utf8(text).map_err(|e| format!("proto: {e}"))?;
+                    labels = parse_label_string(text)
+                        .map_err(|e| format!("error parsing labels '{text}' with error: {e}"))?;
+                }
+                (2, PbValue::Bytes(entry)) => {
+                    let (mut secs, mut nanos, mut line) = (0i64, 0i64, String::new());
+                    let mut metadata = BTreeMap::new();
+                    for (field, value) in pb_fields(entry)? {
+                        match (field, value) {
+                            (1, PbValue::Bytes(ts)) => {
+                                for (field, value) in pb_fields(ts)? {
+                                    match (field, value) {
+                                        (1, PbValue::Varint(v)) => secs = v as i64,
+                                        (2, PbValue::Varint(v)) => nanos = i64::from(v as i32),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            (2, PbValue::Bytes(l)) => {
+                                line = String::from_utf8(l.to_vec())
+                                    .map_err(|e| format!("proto: line: {e}"))?;
+                            }
+                            (3, PbValue::Bytes(pair)) => {
+                                let (mut name, mut value) = (String::new(), String::new());
+                                for (field, v) in pb_fields(pair)? {
+                                    if let PbValue::Bytes(b) = v {
+                                        let b = String::from_utf8_lossy(b).into_owned();
+                                        match field {
+                                            1 => name = b,
+                                            2 => value = b,
+                                            _ => {}
+                                        }
+                                    }
+                                }
+                                metadata.insert(name, value);
+                            }
+                            _ => {}
+                        }
+                    }
+                    let ts = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+                    values.push((ts.to_string(), line, metadata));
+                }
+                _ => {}
+            }
+        }
+        out.push((labels, values));
+    }
+    Ok(out)
+}
+
+enum PbValue<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+/// The fields of one protobuf message, in order.
+fn pb_fields(mut b: &[u8]) -> Result<Vec<(u64, PbValue<'_>)>, String> {
+    fn varint(b: &mut &[u8]) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&c, rest) = b.split_first().ok_or("proto: unexpected EOF")?;
+            *b = rest;
+            v |= u64::from(c & 0x7f) << (7 * i);
+            if c & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("proto: integer overflow".into())
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let value = match key & 7 {
+            0 => PbValue::Varint(varint(&mut b)?),
+            2 => {
+                let n = varint(&mut b)? as usize;
+                if n > b.len() {
+                    return Err("proto: unexpected EOF".into());
+                }
+                let (v, rest) = b.split_at(n);
+                b = rest;
+                PbValue::Bytes(v)
+            }
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                if n > b.len() {
+                    return Err("proto: unexpected EOF".into());
+                }
+                b = &b[n..];
+                PbValue::Other
+            }
+            w => return Err(format!("proto: illegal wireType {w}")),
+        };
+        out.push((key >> 3, value));
+    }
+    Ok(out)
+}
+
+/// `{a="1", b="2"}`: a stream's labels as a protobuf push carries them, values quoted as in
+/// Go (`strconv.Unquote`).
+pub fn parse_label_string(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let inner = text
+        .trim()
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .ok_or("expected {…}")?;
+    let mut labels = BTreeMap::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut name = String::new();
+        while let Some(&c) = chars
+            .peek()
+            .filter(|c| c.is_ascii_alphanumeric() || **c == '_')
+        {
+            name.push(c);
+            chars.next();
+        }
+        if name.is_empty() || chars.next() != Some('=') || chars.next() != Some('"') {
+            return Err(format!("unexpected character after {name:?}"));
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next().ok_or("unterminated string")? {
+                '"' => break,
+                '\\' => match chars.next().ok_or("unterminated escape")? {
+                    'n' => value.push('\n'),
+                    't' => value.push('\t'),
+                    'r' => value.push('\r'),
+                    'x' => {
+                        let hex: String = chars.by_ref().take(2).collect();
+                        let b = u8::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
+                        value.push(char::from(b));
+                    }
+                    c @ ('"' | '\\') => value.push(c),
+                    c => return Err(format!("unknown escape \\{c}")),
+                },
+                c => value.push(c),
+            }
+        }
+        if labels.insert(name.clone(), value).is_some() {
+            return Err(format!("duplicate label name {name}"));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            Some(',') | None => {}
+            Some(c) => return Err(format!("unexpected {c:?}")),
+        }
+    }
+    Ok(labels)
 }
 
 /// `{a="1", b="2", service_name="x"}` as Loki prints streams in its errors.
