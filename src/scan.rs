@@ -203,10 +203,12 @@ impl<'a> Reader<'a> {
     /// An object, calling `member` with the reader at each value and its key. `null` is an
     /// empty object.
     fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Result<()>) -> Result<()> {
-        if self.literal(b"null") {
-            return Ok(());
+        match self.peek() {
+            Some(b'{') => self.i += 1,
+            _ if self.literal(b"null") => return Ok(()),
+            None => return self.err("EOF while parsing"),
+            Some(_) => return self.err("expected an object"),
         }
-        self.eat(b'{', "expected an object")?;
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -231,7 +233,18 @@ impl<'a> Reader<'a> {
             }
             self.ws();
             member(self, key)?;
-            self.ws();
+            // No whitespace before the `,` in frames from the API server either.
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    continue;
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => self.ws(),
+            }
             match self.peek() {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
