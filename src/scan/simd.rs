@@ -4,9 +4,9 @@
 //! hold both versions to a byte-by-byte reference.
 
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-pub(super) use sse2::{quotes_backslashes, string_stops, structure};
+pub(super) use sse2::{equal, quotes_backslashes, string_stops, structure};
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-pub(super) use swar::{quotes_backslashes, string_stops, structure};
+pub(super) use swar::{equal, quotes_backslashes, string_stops, structure};
 
 /// The bytes of 64 that matter to a value stepped over (see `Reader::skip_nested`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,17 @@ mod sse2 {
                 _mm_cmpeq_epi8(_mm_subs_epu8(v, _mm_set1_epi8(0x1f)), _mm_setzero_si128());
             let stop = _mm_or_si128(_mm_or_si128(quote, backslash), control);
             (_mm_movemask_epi8(stop) as u32, _mm_movemask_epi8(v) as u32)
+        }
+    }
+
+    /// The bytes where `a` and `b` are equal.
+    #[inline(always)]
+    pub(in crate::scan) fn equal(a: &[u8; 16], b: &[u8; 16]) -> u32 {
+        // SAFETY: as in `string_stops`, for the 16 bytes of `a` and of `b`.
+        unsafe {
+            let a = _mm_loadu_si128(a.as_ptr().cast());
+            let b = _mm_loadu_si128(b.as_ptr().cast());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(a, b)) as u32
         }
     }
 
@@ -161,6 +172,13 @@ mod swar {
         (stop as u32, per_word(c, |v| v & HIGH) as u32)
     }
 
+    pub(in crate::scan) fn equal(a: &[u8; 16], b: &[u8; 16]) -> u32 {
+        (0..2).fold(0, |m, k| {
+            let differ = word(&a[8 * k..]) ^ word(&b[8 * k..]);
+            m | bits(below(differ, 1)) << (8 * k)
+        })
+    }
+
     pub(in crate::scan) fn quotes_backslashes(c: &[u8; 16]) -> u32 {
         per_word(c, |v| eq(v, b'"') | eq(v, b'\\')) as u32
     }
@@ -242,6 +260,11 @@ mod tests {
                 let qb = part(quote | backslash);
                 assert_eq!(quotes_backslashes(c16), qb, "{c16:?}");
                 assert_eq!(swar::quotes_backslashes(c16), qb, "{c16:?}");
+                // Against the chunk after it (its neighbours differ in one byte, or all).
+                let other: &[u8; 16] = c[(16 * k + 16) % 64..][..16].try_into().unwrap();
+                let same = (0..16).fold(0, |m, j| m | u32::from(c16[j] == other[j]) << j);
+                assert_eq!(equal(c16, other), same, "{c16:?} {other:?}");
+                assert_eq!(swar::equal(c16, other), same, "{c16:?} {other:?}");
             }
         }
     }
