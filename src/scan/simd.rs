@@ -58,9 +58,9 @@ mod sse2 {
     use super::Structure;
 
     /// The bytes that end a plain run in a string (`"`, `\` and control characters, below
-    /// 0x20), and the bytes from 0x80.
+    /// 0x20), the bytes from 0x80, and the quotes.
     #[inline(always)]
-    pub(in crate::scan) fn string_stops(c: &[u8; 16]) -> (u32, u32) {
+    pub(in crate::scan) fn string_stops(c: &[u8; 16]) -> (u32, u32, u32) {
         // SAFETY: SSE2 is enabled in this build (the cfg of the module); the load reads the
         // 16 bytes of `c` and has no alignment requirement.
         unsafe {
@@ -71,7 +71,11 @@ mod sse2 {
             let control =
                 _mm_cmpeq_epi8(_mm_subs_epu8(v, _mm_set1_epi8(0x1f)), _mm_setzero_si128());
             let stop = _mm_or_si128(_mm_or_si128(quote, backslash), control);
-            (_mm_movemask_epi8(stop) as u32, _mm_movemask_epi8(v) as u32)
+            (
+                _mm_movemask_epi8(stop) as u32,
+                _mm_movemask_epi8(v) as u32,
+                _mm_movemask_epi8(quote) as u32,
+            )
         }
     }
 
@@ -167,9 +171,13 @@ mod swar {
             .fold(0, |m, (k, w)| m | u64::from(bits(f(word(w)))) << (8 * k))
     }
 
-    pub(in crate::scan) fn string_stops(c: &[u8; 16]) -> (u32, u32) {
+    pub(in crate::scan) fn string_stops(c: &[u8; 16]) -> (u32, u32, u32) {
         let stop = per_word(c, |v| eq(v, b'"') | eq(v, b'\\') | below(v, 0x20));
-        (stop as u32, per_word(c, |v| v & HIGH) as u32)
+        (
+            stop as u32,
+            per_word(c, |v| v & HIGH) as u32,
+            per_word(c, |v| eq(v, b'"')) as u32,
+        )
     }
 
     pub(in crate::scan) fn equal(a: &[u8; 16], b: &[u8; 16]) -> u32 {
@@ -254,7 +262,7 @@ mod tests {
             for k in 0..4 {
                 let c16: &[u8; 16] = c[16 * k..16 * k + 16].try_into().unwrap();
                 let part = |m: u64| (m >> (16 * k)) as u32 & 0xffff;
-                let stops = (part(stop), part(high));
+                let stops = (part(stop), part(high), part(quote));
                 assert_eq!(string_stops(c16), stops, "{c16:?}");
                 assert_eq!(swar::string_stops(c16), stops, "{c16:?}");
                 let qb = part(quote | backslash);
