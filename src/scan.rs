@@ -488,10 +488,19 @@ impl<'a> Reader<'a> {
         Ok(self.escaped_string(start)?.into_owned().into_bytes())
     }
 
+    /// A string or `null`. The plain strings inlined: out of line, the call and its result
+    /// cost ~15 instructions per field.
+    #[inline(always)]
     fn opt_string(&mut self) -> Result<Option<Text<'a>>> {
-        if let Some(s) = self.plain_string() {
-            return s.map(Some);
+        match self.plain_string() {
+            Some(s) => s.map(Some),
+            None => self.opt_string_rest(),
         }
+    }
+
+    /// `opt_string` when it is not at a plain string.
+    #[inline(never)]
+    fn opt_string_rest(&mut self) -> Result<Option<Text<'a>>> {
         match self.peek() {
             Some(b'"') => self.quoted_string().map(Some),
             Some(b'n') if self.literal(b"null") => Ok(None),
