@@ -32,6 +32,7 @@ use crate::event::{push_decimal, write_json_str};
 /// Why a body could not be transcoded or decoded, and where (a byte offset), as `scan.rs`
 /// says it of a frame.
 pub use crate::scan::Error;
+use crate::scan::Reader;
 
 /// Transcodes sealed JSON push bodies to snappy protobuf, keeping its buffers (and snappy's
 /// hash table) from one body to the next.
@@ -70,9 +71,9 @@ impl Encoder {
     pub fn transcode(&mut self, json: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         out.clear();
         out.reserve(json.len());
-        let mut r = Reader { b: json, i: 0 };
-        r.object(|r, key| match key {
-            b"streams" => r.array(|r| self.stream(r, out)),
+        let mut r = Reader::new(json);
+        r.body_object(|r, key| match key {
+            b"streams" => r.body_array(|r| self.stream(r, out)),
             _ => r.err("expected only `streams`"),
         })?;
         r.ws();
@@ -92,9 +93,9 @@ impl Encoder {
         let at = begin(out, 1, 3);
         self.text.clear();
         self.pairs.clear();
-        r.object(|r, key| match key {
+        r.body_object(|r, key| match key {
             b"stream" => {
-                r.object(|r, name| {
+                r.body_object(|r, name| {
                     let a = self.text.len();
                     self.text.extend_from_slice(name);
                     let b = self.text.len();
@@ -120,7 +121,7 @@ impl Encoder {
                 end(out, labels, 2);
                 Ok(())
             }
-            b"values" => r.array(|r| entry(r, out)),
+            b"values" => r.body_array(|r| entry(r, out)),
             _ => r.err("expected `stream` or `values`"),
         })?;
         end(out, at, 3);
@@ -160,7 +161,7 @@ fn entry(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
     if r.peek() == Some(b',') {
         r.i += 1;
         r.ws();
-        r.object(|r, name| {
+        r.body_object(|r, name| {
             let pair = begin(out, 3, 1);
             if !name.is_empty() {
                 key(out, 1, LEN);
@@ -294,13 +295,6 @@ const UNESCAPE: [u8; 256] = {
     t
 };
 
-/// A reader of the JSON a push body is: objects, arrays and strings. Keys are compared as
-/// they are written (kube-event writes none with escapes).
-struct Reader<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
@@ -311,32 +305,11 @@ fn bytes_equal(v: u64, c: u8) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGH
 }
 
+// A push body is read with `scan.rs`'s reader (its cursor, whitespace, errors and `\u`
+// escapes); these are the parts of a push body that a watch frame does not have.
 impl<'a> Reader<'a> {
-    fn err<T>(&self, what: &'static str) -> Result<T, Error> {
-        Err(Error { at: self.i, what })
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8, what: &'static str) -> Result<(), Error> {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            self.err(what)
-        }
-    }
-
     /// An object, calling `member` with the reader at each value and its key.
-    fn object(
+    fn body_object(
         &mut self,
         mut member: impl FnMut(&mut Self, &'a [u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
@@ -378,7 +351,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An array, calling `element` with the reader at each element.
-    fn array(
+    fn body_array(
         &mut self,
         mut element: impl FnMut(&mut Self) -> Result<(), Error>,
     ) -> Result<(), Error> {
@@ -507,7 +480,7 @@ impl<'a> Reader<'a> {
                     return Ok(());
                 }
                 Some(false) => {
-                    self.escape(out)?;
+                    self.escape_into(out)?;
                     i = self.i;
                 }
                 None => return self.err("EOF in a string"),
@@ -517,7 +490,7 @@ impl<'a> Reader<'a> {
 
     /// The escape at the reader (its `\`), unescaped into `out`.
     #[inline(always)]
-    fn escape(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+    fn escape_into(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         let c = match self.b.get(self.i + 1) {
             Some(b'"') => b'"',
             Some(b'\\') => b'\\',
@@ -529,7 +502,7 @@ impl<'a> Reader<'a> {
             Some(b't') => b'\t',
             Some(b'u') => {
                 self.i += 2;
-                let ch = self.unicode()?;
+                let ch = self.unicode_escape()?;
                 let mut buf = [0; 4];
                 out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 return Ok(());
@@ -539,45 +512,6 @@ impl<'a> Reader<'a> {
         out.push(c);
         self.i += 2;
         Ok(())
-    }
-
-    /// The character of a `\u` escape (the reader after the `u`), with its surrogate pair.
-    fn unicode(&mut self) -> Result<char, Error> {
-        let hi = self.hex4()?;
-        let code = if (0xd800..0xdc00).contains(&hi) {
-            if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
-                return self.err("lone surrogate in a string");
-            }
-            self.i += 2;
-            let lo = self.hex4()?;
-            if !(0xdc00..0xe000).contains(&lo) {
-                return self.err("lone surrogate in a string");
-            }
-            0x10000 + ((u32::from(hi) - 0xd800) << 10) + (u32::from(lo) - 0xdc00)
-        } else {
-            u32::from(hi)
-        };
-        char::from_u32(code).ok_or(Error {
-            at: self.i,
-            what: "lone surrogate in a string",
-        })
-    }
-
-    fn hex4(&mut self) -> Result<u16, Error> {
-        let digits = self.b.get(self.i..self.i + 4).ok_or(Error {
-            at: self.i,
-            what: "EOF in a \\u escape",
-        })?;
-        let mut v = 0u16;
-        for &d in digits {
-            let x = (d as char).to_digit(16).ok_or(Error {
-                at: self.i,
-                what: "invalid \\u escape",
-            })?;
-            v = v << 4 | x as u16;
-        }
-        self.i += 4;
-        Ok(v)
     }
 }
 

@@ -193,30 +193,35 @@ pub fn event(input: &[u8]) -> Result<Event<'_>> {
     Ok(ev)
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    i: usize,
+/// A cursor over JSON text; `proto.rs` reads push bodies with it too.
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) i: usize,
 }
 
 /// The deepest nesting accepted in a skipped value (serde_json's recursion limit).
 const MAX_DEPTH: u32 = 128;
 
 impl<'a> Reader<'a> {
-    fn err<T>(&self, what: &'static str) -> Result<T> {
+    pub(crate) fn new(b: &'a [u8]) -> Reader<'a> {
+        Reader { b, i: 0 }
+    }
+
+    pub(crate) fn err<T>(&self, what: &'static str) -> Result<T> {
         Err(Error { at: self.i, what })
     }
 
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
             self.i += 1;
         }
     }
 
-    fn eat(&mut self, c: u8, what: &'static str) -> Result<()> {
+    pub(crate) fn eat(&mut self, c: u8, what: &'static str) -> Result<()> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
@@ -694,7 +699,7 @@ impl<'a> Reader<'a> {
 
     /// After `\u`: the character, joining a surrogate pair. A lone surrogate is an error,
     /// as it is for serde_json.
-    fn unicode_escape(&mut self) -> Result<char> {
+    pub(crate) fn unicode_escape(&mut self) -> Result<char> {
         let at = self.i;
         let lone = Error {
             at,
