@@ -4,7 +4,9 @@
 //! `(timestamp, range)` triples, so adding an occurrence copies its line once and allocates
 //! nothing per field. `seal` groups the entries by stream, orders each stream by time (Loki
 //! wants a stream's entries in order within a push) and writes the JSON body
-//! `{"streams":[{"stream":{…},"values":[…]}]}`.
+//! `{"streams":[{"stream":{…},"values":[…]}]}`, or (`Format::Protobuf`, for
+//! `LOKI_COMPRESSION=snappy`) the same streams as Loki's protobuf `PushRequest` (`proto.rs`),
+//! which the pusher only has to compress.
 
 use std::collections::HashMap;
 
@@ -14,6 +16,9 @@ use crate::event::{push_decimal, push_hex16, write_json_str, Labels};
 /// freed) from one batch to the next, so a batch in a steady state allocates nothing.
 #[derive(Default)]
 pub struct Batch {
+    /// How `seal` encodes the batch, and so how the arena holds lines: escaped for a JSON
+    /// string, or as they are.
+    format: Format,
     streams: Vec<Stream>,
     /// The label values of every stream, back to back (`Stream::values` are ranges here).
     label_text: String,
@@ -25,6 +30,9 @@ pub struct Batch {
     /// stream's group starts.
     grouped: Vec<Entry>,
     starts: Vec<u32>,
+    /// A protobuf `seal`'s working space: the labels in name order (indices as in
+    /// `Batch::label_name`).
+    label_order: Vec<usize>,
     arena: String,
     /// Journal records of the occurrences in this batch: `uid count hash` lines (spool.rs).
     records: String,
@@ -64,12 +72,22 @@ struct Entry {
 }
 
 /// How streams are labelled: `job`, the static `LABELS`, then the `LABEL_KEYS` names in the
-/// order of `Labels::values`.
+/// order of `Labels::values`; and how batches are encoded.
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
     pub job: String,
     pub static_labels: Vec<(String, String)>,
     pub keys: Vec<String>,
+    pub format: Format,
+}
+
+/// How a sealed body is encoded: Loki's JSON, or its protobuf `PushRequest` (which
+/// `LOKI_COMPRESSION=snappy` sends, snappy-compressed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Json,
+    Protobuf,
 }
 
 /// A line to add: as JSON, or already escaped to sit inside a JSON string
@@ -83,6 +101,7 @@ pub enum Line<'a> {
 /// A batch encoded for Loki, ready to push (and, later, to spool).
 pub struct Sealed {
     pub body: Vec<u8>,
+    pub format: Format,
     pub entries: usize,
     /// The journal records of its occurrences, as text and as numbers.
     pub records: String,
@@ -93,6 +112,14 @@ pub struct Sealed {
 }
 
 impl Batch {
+    /// An empty batch that seals as `format`.
+    pub fn new(format: Format) -> Batch {
+        Batch {
+            format,
+            ..Batch::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -135,9 +162,18 @@ impl Batch {
     pub fn push(&mut self, labels: Labels<'_>, nanos: i64, line: Line<'_>, metadata: Option<&str>) {
         let stream = self.stream_of(&labels);
         let start = self.arena.len();
-        match line {
-            Line::Plain(l) => crate::event::write_json_chars(l, &mut self.arena),
-            Line::Nested(l) => self.arena.push_str(l),
+        match (self.format, line) {
+            (Format::Json, Line::Plain(l)) => crate::event::write_json_chars(l, &mut self.arena),
+            (Format::Json, Line::Nested(l)) | (Format::Protobuf, Line::Plain(l)) => {
+                self.arena.push_str(l)
+            }
+            // The Shipper gives a protobuf batch plain lines; this is for completeness.
+            (Format::Protobuf, Line::Nested(l)) => {
+                match serde_json::from_str::<String>(&format!("\"{l}\"")) {
+                    Ok(plain) => self.arena.push_str(&plain),
+                    Err(_) => self.arena.push_str(l),
+                }
+            }
         }
         let meta_start = self.arena.len();
         if let Some(m) = metadata {
@@ -230,11 +266,109 @@ impl Batch {
     pub fn seal(&mut self, schema: &Schema, mut buf: Vec<u8>) -> Sealed {
         buf.clear();
         buf.reserve(self.encoded_estimate + 16);
+        self.order();
+        let (body, oldest, newest) = match self.format {
+            Format::Json => self.json(schema, buf),
+            Format::Protobuf => {
+                let mut order = std::mem::take(&mut self.label_order);
+                let sealed = self.protobuf(schema, buf, &mut order);
+                self.label_order = order;
+                sealed
+            }
+        };
+        let sealed = Sealed {
+            body,
+            format: self.format,
+            entries: self.entries.len(),
+            records: {
+                let cap = self.records.len();
+                std::mem::replace(&mut self.records, String::with_capacity(cap))
+            },
+            list: {
+                let cap = self.list.len();
+                std::mem::replace(&mut self.list, Vec::with_capacity(cap))
+            },
+            oldest,
+            newest,
+        };
+        self.streams.clear();
+        self.label_text.clear();
+        self.index.clear();
+        self.entries.clear();
+        self.arena.clear();
+        self.encoded_estimate = 0;
+        sealed
+    }
+
+    /// The ordered entries as Loki's protobuf `PushRequest`, and their oldest and newest time.
+    /// `order` is working space for the labels' order.
+    fn protobuf(
+        &self,
+        schema: &Schema,
+        mut out: Vec<u8>,
+        order: &mut Vec<usize>,
+    ) -> (Vec<u8>, i64, i64) {
+        use crate::proto::Sealer;
+        let statics = schema.static_labels.len();
+        // Label `i`: `job`, the static labels, then the `LABEL_KEYS`.
+        let name = |i: usize| -> &str {
+            match i {
+                0 => "job",
+                i if i <= statics => &schema.static_labels[i - 1].0,
+                i => &schema.keys[i - 1 - statics],
+            }
+        };
+        // By name, as `proto::Encoder::transcode` orders a JSON body's labels (stable).
+        order.clear();
+        order.extend(0..1 + statics + schema.keys.len());
+        order.sort_by_key(|&i| name(i));
+        let mut sealer = Sealer::new();
+        let (mut oldest, mut newest) = (i64::MAX, i64::MIN);
+        let mut current = NO_STREAM;
+        for e in &self.entries {
+            if e.stream != current {
+                current = e.stream;
+                let stream = &self.streams[current as usize];
+                let value = |i: usize| -> &str {
+                    match i {
+                        0 => &schema.job,
+                        i if i <= statics => &schema.static_labels[i - 1].1,
+                        i => match stream.values[..stream.len as usize].get(i - 1 - statics) {
+                            Some(&(a, b)) => &self.label_text[a as usize..b as usize],
+                            None => "",
+                        },
+                    }
+                };
+                // As the JSON body: `job` always, other labels only when not empty.
+                let labels = order
+                    .iter()
+                    .filter(|&&i| i == 0 || !value(i).is_empty())
+                    .map(|&i| (name(i), value(i)));
+                sealer.stream(&mut out, labels);
+            }
+            oldest = oldest.min(e.nanos);
+            newest = newest.max(e.nanos);
+            let metadata =
+                (e.meta_start < e.end).then(|| &self.arena.as_bytes()[e.meta_start..e.end]);
+            let line = &self.arena.as_bytes()[e.start..e.meta_start];
+            if sealer.entry(&mut out, e.nanos, line, metadata).is_err() {
+                // Metadata that is not an object of strings, which `Event::write_metadata`
+                // never writes: the entry goes without it rather than not at all.
+                sealer
+                    .entry(&mut out, e.nanos, line, None)
+                    .unwrap_or_default();
+            }
+        }
+        sealer.finish(&mut out);
+        (out, oldest, newest)
+    }
+
+    /// The ordered entries as Loki's JSON push body, and their oldest and newest time.
+    fn json(&self, schema: &Schema, buf: Vec<u8>) -> (Vec<u8>, i64, i64) {
         // An empty Vec is valid UTF-8.
         let mut out = String::from_utf8(buf).unwrap_or_default();
         let mut oldest = i64::MAX;
         let mut newest = i64::MIN;
-        self.order();
         out.push_str("{\"streams\":[");
         let mut current = NO_STREAM;
         for e in &self.entries {
@@ -277,27 +411,7 @@ impl Batch {
             out.push_str("]}");
         }
         out.push_str("]}");
-        let sealed = Sealed {
-            body: out.into_bytes(),
-            entries: self.entries.len(),
-            records: {
-                let cap = self.records.len();
-                std::mem::replace(&mut self.records, String::with_capacity(cap))
-            },
-            list: {
-                let cap = self.list.len();
-                std::mem::replace(&mut self.list, Vec::with_capacity(cap))
-            },
-            oldest,
-            newest,
-        };
-        self.streams.clear();
-        self.label_text.clear();
-        self.index.clear();
-        self.entries.clear();
-        self.arena.clear();
-        self.encoded_estimate = 0;
-        sealed
+        (out.into_bytes(), oldest, newest)
     }
 }
 
@@ -334,6 +448,7 @@ mod tests {
             job: "kube-event".into(),
             static_labels: statics,
             keys: vec!["namespace".into(), "kind".into(), "type".into()],
+            format: Format::Json,
         }
     }
 
@@ -434,6 +549,7 @@ mod tests {
             job: "events".into(),
             static_labels: vec![],
             keys: vec!["reason".into()],
+            format: Format::Json,
         };
         let body = String::from_utf8(b.seal(&s, Vec::new()).body).unwrap();
         assert_eq!(

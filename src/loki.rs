@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use log::{info, warn};
 
+use crate::batch::Format;
 use crate::config;
 
 /// What a push answer means.
@@ -282,6 +283,56 @@ impl Client {
                 .get_or_insert_with(Default::default)
                 .encode_into(body, out)
                 .map_err(|e| format!("cannot transcode the JSON body to protobuf: {e}")),
+        }
+    }
+
+    /// Encodes a sealed `body` (JSON or protobuf, as `format` says) into `out` as this client
+    /// sends it, and says how it is then held. A JSON body that cannot be transcoded to
+    /// protobuf (never one of kube-event's own) is held as JSON; a protobuf body always can be
+    /// compressed.
+    pub fn encode_sealed(&mut self, body: &[u8], format: Format, out: &mut Vec<u8>) -> Encoding {
+        match format {
+            Format::Json => match self.encode_into(body, out) {
+                Ok(()) => self.wire,
+                Err(e) => {
+                    warn!("{e}; the batch goes out as JSON");
+                    out.clear();
+                    out.extend_from_slice(body);
+                    Encoding::Json
+                }
+            },
+            Format::Protobuf => {
+                let json = match self.wire {
+                    Encoding::Snappy => None,
+                    // A queue sealing protobuf for a client that sends JSON: not how
+                    // kube-event sets them up, but it still works.
+                    Encoding::Json | Encoding::Gzip => crate::proto::to_json(body).ok(),
+                };
+                match json {
+                    // JSON and gzip never fail.
+                    Some(json) => match self.encode_into(&json, out) {
+                        Ok(()) => self.wire,
+                        Err(_) => {
+                            out.clear();
+                            out.extend_from_slice(&json);
+                            Encoding::Json
+                        }
+                    },
+                    None => {
+                        let snappy = self.proto.get_or_insert_with(Default::default);
+                        match snappy.compress_into(body, out) {
+                            Ok(()) => Encoding::Snappy,
+                            Err(e) => {
+                                // Over 4 GiB: sent as it is, Loki refuses it, it is kept.
+                                warn!("{e}");
+                                out.clear();
+                                out.extend_from_slice(body);
+                                Encoding::Snappy
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -50,21 +50,26 @@ impl Encoder {
     /// first).
     pub fn encode_into(&mut self, json: &[u8], wire: &mut Vec<u8>) -> Result<(), Error> {
         let mut proto = std::mem::take(&mut self.proto);
-        let done = self.transcode(json, &mut proto);
-        if done.is_ok() {
-            let snappy = self.snappy.get_or_insert_with(snap::raw::Encoder::new);
-            wire.clear();
-            wire.resize(snap::raw::max_compress_len(proto.len()), 0);
-            // Compressing into a buffer of `max_compress_len` only fails for inputs over 4 GiB,
-            // which a push body (BATCH_MAX_BYTES, at most 64 MiB) never is.
-            let n = snappy.compress(&proto, wire).map_err(|_| Error {
-                at: 0,
-                what: "body too large for snappy",
-            })?;
-            wire.truncate(n);
-        }
+        let done = self
+            .transcode(json, &mut proto)
+            .and_then(|()| self.compress_into(&proto, wire));
         self.proto = proto;
         done
+    }
+
+    /// A protobuf body (as `batch.rs` seals it) snappy-compressed into `wire` (cleared first).
+    pub fn compress_into(&mut self, proto: &[u8], wire: &mut Vec<u8>) -> Result<(), Error> {
+        let snappy = self.snappy.get_or_insert_with(snap::raw::Encoder::new);
+        wire.clear();
+        wire.resize(snap::raw::max_compress_len(proto.len()), 0);
+        // Compressing into a buffer of `max_compress_len` only fails for inputs over 4 GiB,
+        // which a push body (BATCH_MAX_BYTES, at most 64 MiB) never is.
+        let n = snappy.compress(proto, wire).map_err(|_| Error {
+            at: 0,
+            what: "body too large for snappy",
+        })?;
+        wire.truncate(n);
+        Ok(())
     }
 
     /// `json` as a protobuf `PushRequest`, into `out` (cleared first).
@@ -137,6 +142,27 @@ fn entry(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
     r.eat(b'[', "expected an entry `[`")?;
     r.ws();
     let nanos = r.timestamp()?;
+    timestamp(out, nanos);
+    r.ws();
+    r.eat(b',', "expected `,` after the timestamp")?;
+    r.ws();
+    let line = begin(out, 2, 2);
+    r.string_into(out)?;
+    end_string(out, line, 2);
+    r.ws();
+    if r.peek() == Some(b',') {
+        r.i += 1;
+        r.ws();
+        metadata(r, out)?;
+        r.ws();
+    }
+    r.eat(b']', "expected `]` after an entry")?;
+    end(out, at, 2);
+    Ok(())
+}
+
+/// An entry's `Timestamp` (field 1): Unix `nanos` as seconds and nanoseconds.
+fn timestamp(out: &mut Vec<u8>, nanos: i64) {
     let (secs, sub) = (
         nanos.div_euclid(1_000_000_000),
         nanos.rem_euclid(1_000_000_000),
@@ -151,34 +177,98 @@ fn entry(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
         key(out, 2, VARINT);
         varint(out, sub as u64);
     }
-    r.ws();
-    r.eat(b',', "expected `,` after the timestamp")?;
-    r.ws();
-    let line = begin(out, 2, 2);
-    r.string_into(out)?;
-    end_string(out, line, 2);
-    r.ws();
-    if r.peek() == Some(b',') {
-        r.i += 1;
-        r.ws();
-        r.body_object(|r, name| {
-            let pair = begin(out, 3, 1);
-            if !name.is_empty() {
-                key(out, 1, LEN);
-                varint(out, name.len() as u64);
-                out.extend_from_slice(name);
-            }
-            let value = begin(out, 2, 1);
-            r.string_into(out)?;
-            end_string(out, value, 1);
-            end(out, pair, 1);
-            Ok(())
-        })?;
-        r.ws();
+}
+
+/// Structured metadata, a JSON object of strings at the reader, as `LabelPairAdapter`s
+/// (field 3 of an entry).
+fn metadata(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+    r.body_object(|r, name| {
+        let pair = begin(out, 3, 1);
+        if !name.is_empty() {
+            key(out, 1, LEN);
+            varint(out, name.len() as u64);
+            out.extend_from_slice(name);
+        }
+        let value = begin(out, 2, 1);
+        r.string_into(out)?;
+        end_string(out, value, 1);
+        end(out, pair, 1);
+        Ok(())
+    })
+}
+
+/// Writes a `PushRequest` as `batch.rs` seals a batch, without JSON in between: a stream at a
+/// time ([`Sealer::stream`]), then its entries ([`Sealer::entry`]), lines as they are.
+/// Gives the bytes [`Encoder::transcode`] gives for the JSON body of the same batch.
+pub struct Sealer {
+    /// Where the open stream's length goes.
+    stream: Option<usize>,
+}
+
+impl Sealer {
+    pub fn new() -> Sealer {
+        Sealer { stream: None }
     }
-    r.eat(b']', "expected `]` after an entry")?;
-    end(out, at, 2);
-    Ok(())
+
+    /// Starts a stream with `labels` (name and value pairs, in name order, stable for equal
+    /// names, as [`Encoder::transcode`] orders them), ending the one before.
+    pub fn stream<'l>(
+        &mut self,
+        out: &mut Vec<u8>,
+        labels: impl Iterator<Item = (&'l str, &'l str)>,
+    ) {
+        self.finish(out);
+        self.stream = Some(begin(out, 1, 3));
+        let at = begin(out, 1, 2);
+        out.push(b'{');
+        for (i, (name, value)) in labels.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"=\"");
+            go_quote_into(value.as_bytes(), out);
+            out.push(b'"');
+        }
+        out.push(b'}');
+        end(out, at, 2);
+    }
+
+    /// One entry of the open stream: `line` as it is, `metadata` a JSON object of strings (as
+    /// `Event::write_metadata` writes it). `Err` only for metadata that is not such an object.
+    pub fn entry(
+        &mut self,
+        out: &mut Vec<u8>,
+        nanos: i64,
+        line: &[u8],
+        metadata: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let at = begin(out, 2, 2);
+        timestamp(out, nanos);
+        if !line.is_empty() {
+            key(out, 2, LEN);
+            varint(out, line.len() as u64);
+            out.extend_from_slice(line);
+        }
+        if let Some(m) = metadata {
+            self::metadata(&mut Reader::new(m), out)?;
+        }
+        end(out, at, 2);
+        Ok(())
+    }
+
+    /// Ends the last stream.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if let Some(at) = self.stream.take() {
+            end(out, at, 3);
+        }
+    }
+}
+
+impl Default for Sealer {
+    fn default() -> Sealer {
+        Sealer::new()
+    }
 }
 
 const VARINT: u8 = 0;
@@ -871,7 +961,7 @@ impl<'a> Iterator for Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{Batch, Line, Schema};
+    use crate::batch::{Batch, Format, Line, Schema};
     use crate::event::Labels;
     use serde_json::Value;
 
@@ -970,11 +1060,14 @@ mod tests {
             job: "kube-event".into(),
             static_labels: vec![("cluster".into(), "c\"1\\".into())],
             keys: vec!["namespace".into(), "kind".into()],
+            format: Format::Json,
         };
         let mut e = Encoder::default();
         let (mut proto, mut wire) = (Vec::new(), Vec::new());
         for round in 0..300 {
-            let mut batch = Batch::default();
+            // The same occurrences, sealed as JSON and as protobuf.
+            let mut batch = Batch::new(Format::Json);
+            let mut direct = Batch::new(Format::Protobuf);
             let streams: Vec<(String, String)> = (0..1 + round % 4)
                 .map(|_| (text(&mut rng, 12), text(&mut rng, 6)))
                 .collect();
@@ -996,18 +1089,26 @@ mod tests {
                     2 => -1_000_000_001,
                     _ => (rng % 2_000_000_000_000_000_000) as i64,
                 };
-                batch.push(
-                    Labels {
-                        values: [ns, kind, "", "", "", ""],
-                        len: 2,
-                    },
-                    nanos,
-                    Line::Plain(&line),
-                    meta.as_deref(),
-                );
+                let labels = Labels {
+                    values: [ns, kind, "", "", "", ""],
+                    len: 2,
+                };
+                batch.push(labels, nanos, Line::Plain(&line), meta.as_deref());
+                if i % 2 == 0 {
+                    direct.push(labels, nanos, Line::Plain(&line), meta.as_deref());
+                } else {
+                    // What the Shipper gives a JSON batch: the line escaped once more.
+                    let mut nested = String::new();
+                    crate::event::write_json_chars(&line, &mut nested);
+                    direct.push(labels, nanos, Line::Nested(&nested), meta.as_deref());
+                }
             }
             let body = batch.seal(&schema, Vec::new()).body;
             e.transcode(&body, &mut proto).unwrap();
+            // Sealing protobuf directly writes the same bytes as transcoding the JSON body.
+            let sealed = direct.seal(&schema, Vec::new());
+            assert_eq!(sealed.format, Format::Protobuf);
+            assert!(sealed.body == proto, "{}", String::from_utf8_lossy(&body));
             e.encode_into(&body, &mut wire).unwrap();
             assert_eq!(
                 snap::raw::Decoder::new().decompress_vec(&wire).unwrap(),

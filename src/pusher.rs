@@ -11,6 +11,7 @@ use std::time::Instant;
 use log::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
+use crate::batch::Format;
 use crate::batch::Sealed;
 use crate::loki::{self, Client, Encoding, Outcome};
 use crate::queue::Queue;
@@ -184,20 +185,14 @@ impl Pusher {
         // Encoded once, here, as it will be pushed: the spool holds 2-3x more, and neither a
         // retry nor a drain after an outage encodes again. The JSON buffer goes straight
         // back to the queue for the next batch.
-        let mut encoding = self.client.encoding();
-        if encoding != Encoding::Json {
+        let mut encoding = Encoding::Json;
+        if (self.client.encoding(), sealed.format) != (Encoding::Json, Format::Json) {
             let mut wire = self.wires.pop().unwrap_or_default();
-            match self.client.encode_into(&sealed.body, &mut wire) {
-                Ok(()) => {
-                    let json = std::mem::replace(&mut sealed.body, wire);
-                    self.queue.recycle(Some(json));
-                }
-                Err(e) => {
-                    warn!("batch {}: {e}; it goes out as JSON", self.store.next_seq());
-                    encoding = Encoding::Json;
-                    self.wires.push(wire);
-                }
-            }
+            encoding = self
+                .client
+                .encode_sealed(&sealed.body, sealed.format, &mut wire);
+            let sealed_body = std::mem::replace(&mut sealed.body, wire);
+            self.queue.recycle(Some(sealed_body));
         }
         // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
         self.make_room(sealed.body.len() as u64 + 128);

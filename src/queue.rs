@@ -100,10 +100,15 @@ pub struct Taken {
 }
 
 impl Queue {
+    /// How sealed batches are encoded.
+    pub fn format(&self) -> crate::batch::Format {
+        self.schema.format
+    }
+
     pub fn new(interval: Duration, max_bytes: usize, schema: Schema, rv: String) -> Self {
         Queue {
             state: Mutex::new(State {
-                open: Batch::default(),
+                open: Batch::new(schema.format),
                 opened_at: None,
                 sealed: VecDeque::new(),
                 rvs: decode_resume(&rv),

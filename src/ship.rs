@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::batch::Line;
+use crate::batch::{Format, Line};
 use crate::event::{Event, Field};
 use crate::filter::Filter;
 use crate::format::LineFormat;
@@ -179,9 +179,21 @@ impl Shipper {
             Stats::add(&self.stats.filtered, 1);
             return Ok(());
         }
-        // The line as the push body holds it (escaped once more), in one pass; its hash is what
-        // the memory of shipped occurrences compares, whatever the output format.
-        let cut = ev.write_line_nested(&occ, &mut self.nested, self.s.max_line_bytes);
+        // The line as a JSON push body holds it (escaped once more); its hash is what the
+        // memory of shipped occurrences compares, whatever the output format. A protobuf batch
+        // (LOKI_COMPRESSION=snappy) holds the line as it is: both are rendered, side by side.
+        let protobuf = matches!(&self.output, Output::Loki(q) if q.format() == Format::Protobuf)
+            && self.s.format == LineFormat::Json;
+        let cut = if protobuf {
+            ev.write_line_both(
+                &occ,
+                &mut self.line,
+                &mut self.nested,
+                self.s.max_line_bytes,
+            )
+        } else {
+            ev.write_line_nested(&occ, &mut self.nested, self.s.max_line_bytes)
+        };
         let hash = crate::hash::hash64(0, self.nested.as_bytes());
         let now = now_secs();
         let shipped = Shipped::new(occ.count, hash, now);
@@ -210,12 +222,17 @@ impl Shipper {
         if let (LineFormat::Json, false, Output::Loki(q)) =
             (self.s.format, self.s.detailed, &self.output)
         {
-            // The common case: the nested line goes into the batch as it is.
+            // The common case: the line goes into the batch as it is.
             let meta = self.s.structured_metadata.then(|| {
                 ev.write_metadata(&mut self.meta);
                 self.meta.as_str()
             });
-            q.append(labels, occ.nanos, Line::Nested(&self.nested), meta, record);
+            let line = if protobuf {
+                Line::Plain(&self.line)
+            } else {
+                Line::Nested(&self.nested)
+            };
+            q.append(labels, occ.nanos, line, meta, record);
             if self.last_prune.elapsed() >= PRUNE_EVERY {
                 self.prune(now);
             }

@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kube_event::batch::Format;
 use kube_event::queue::Queue;
 use kube_event::ship::{Output, Settings, Shipper};
 
@@ -58,11 +59,13 @@ fn frame(i: usize, message: &str) -> String {
 
 /// Offers `frames` as the watcher does, hands sealed batches back as the pusher does, and
 /// returns the allocations per event over the last `measured` frames.
-fn allocations_per_event(frames: &[String], measured: usize) -> f64 {
+fn allocations_per_event(frames: &[String], measured: usize, format: Format) -> f64 {
+    ALLOCS.with(|a| a.set(0));
     let schema = kube_event::batch::Schema {
         job: "kube-event".into(),
         static_labels: vec![("cluster".into(), "test".into())],
         keys: vec!["namespace".into(), "kind".into(), "type".into()],
+        format,
     };
     // Small batches, so that the measured part seals and recycles many of them.
     let q = Arc::new(Queue::new(
@@ -110,11 +113,14 @@ fn the_event_path_allocates_nothing_per_event_in_a_steady_state() {
     let frames: Vec<String> = (0..25_000)
         .map(|i| frame(i, "Back-off restarting failed container web in pod web-0"))
         .collect();
-    let per_event = allocations_per_event(&frames, 5_000);
-    assert!(
-        per_event <= 0.05,
-        "{per_event:.3} allocations per event without escapes"
-    );
+    // Batches sealed as JSON (LOKI_COMPRESSION=gzip or none) and as protobuf (snappy).
+    for format in [Format::Json, Format::Protobuf] {
+        let per_event = allocations_per_event(&frames, 5_000, format);
+        assert!(
+            per_event <= 0.05,
+            "{per_event:.3} allocations per event without escapes ({format:?})"
+        );
+    }
 }
 
 #[test]
@@ -128,9 +134,11 @@ fn a_message_with_escapes_costs_one_allocation() {
             )
         })
         .collect();
-    let per_event = allocations_per_event(&frames, 5_000);
-    assert!(
-        (1.0..=1.05).contains(&per_event),
-        "{per_event:.3} allocations per event with one escaped string"
-    );
+    for format in [Format::Json, Format::Protobuf] {
+        let per_event = allocations_per_event(&frames, 5_000, format);
+        assert!(
+            (1.0..=1.05).contains(&per_event),
+            "{per_event:.3} allocations per event with one escaped string ({format:?})"
+        );
+    }
 }
