@@ -43,7 +43,7 @@ pub struct Client {
     bearer: Option<BearerFile>,
     /// Made at the first compression after start or idle: ~330 KB of deflate tables.
     zip: Option<Gzip>,
-    /// The same for snappy protobuf: the transcoder's buffers and snappy's table.
+    /// The same for snappy protobuf: snappy's table and the transcoder's buffers.
     proto: Option<crate::proto::Encoder>,
 }
 
