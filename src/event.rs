@@ -387,8 +387,14 @@ impl LineOut for Both<'_> {
     }
     #[inline(always)]
     fn text(&mut self, v: &str) {
-        write_escaped::<false>(v, self.plain);
-        write_escaped::<true>(v, self.nested);
+        // Most values need no escaping: looked for once, copied twice.
+        if find_escape(v.as_bytes(), 0) == v.len() {
+            self.plain.push_str(v);
+            self.nested.push_str(v);
+        } else {
+            write_escaped::<false>(v, self.plain);
+            write_escaped::<true>(v, self.nested);
+        }
     }
     #[inline(always)]
     fn decimal(&mut self, v: i64) {
