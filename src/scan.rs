@@ -52,9 +52,8 @@ type Result<T> = std::result::Result<T, Error>;
 struct Key {
     text: [u8; 32],
     len: usize,
-    /// The bits of the first and second 16 bytes that are not part of the key.
-    head_ignored: u32,
-    tail_ignored: u32,
+    /// The bits of the 32 that are not part of the key.
+    ignored: u32,
 }
 
 impl Key {
@@ -74,17 +73,8 @@ impl Key {
         Key {
             text,
             len,
-            head_ignored: Key::ignored(len),
-            tail_ignored: Key::ignored(len.saturating_sub(16)),
-        }
-    }
-
-    /// The bits of 16 after the first `n`.
-    const fn ignored(n: usize) -> u32 {
-        if n >= 16 {
-            0
-        } else {
-            0xffff << n & 0xffff
+            // `len` is at most 32: the bits of 32 after the first `len`.
+            ignored: ((u32::MAX as u64) << len) as u32,
         }
     }
 
@@ -315,24 +305,20 @@ impl<'a> Reader<'a> {
         None
     }
 
-    /// Whether the input at the reader starts with `key.text[..key.len]`.
+    /// Whether the input at the reader starts with `key.text[..key.len]`: the 32 bytes there
+    /// compared at once, when there are 32. (The first sixteen first, then the rest when the
+    /// key is longer, cost ~10 instructions more per key in bounds checks and branches.)
     #[inline(always)]
     fn at_key(&self, key: &Key) -> bool {
-        let (b, i) = (self.b, self.i);
-        if let Some(c) = b.get(i..i + 16) {
-            let head = simd::equal(c.try_into().expect("16 bytes"), &key.head()) | key.head_ignored;
-            if head != 0xffff {
-                return false;
+        let rest = &self.b[self.i..];
+        match rest.get(..32) {
+            Some(c) => {
+                let head = simd::equal(c[..16].try_into().expect("16 bytes"), &key.head());
+                let tail = simd::equal(c[16..].try_into().expect("16 bytes"), &key.tail());
+                head | tail << 16 | key.ignored == u32::MAX
             }
-            if key.len <= 16 {
-                return true;
-            }
-            if let Some(c) = b.get(i + 16..i + 32) {
-                let tail = simd::equal(c.try_into().expect("16 bytes"), &key.tail());
-                return tail | key.tail_ignored == 0xffff;
-            }
+            None => rest.starts_with(&key.text[..key.len]),
         }
-        b[i..].starts_with(&key.text[..key.len])
     }
 
     /// Any key, from the whitespace before it to the `:` after it: its index in `keys`, or
