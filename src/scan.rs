@@ -8,10 +8,10 @@
 //! ~23,000 instructions per frame, most of it validating UTF-8 in every key and string it
 //! then threw away, and comparing field names through generic visitors; that alone was most
 //! of the CPU budget of an event (issue 6: 5 µs). This reader compares each key with the one
-//! the API server writes next, 16 bytes at a time (and matches other keys as bytes), finds
+//! the API server writes next, 32 bytes at once (and matches other keys as bytes), finds
 //! the end of a string 16 bytes at a time, steps over a skipped object or array 64 bytes at a
 //! time (SSE2 on x86_64, a `u64` elsewhere: `simd.rs`), and validates UTF-8 only in the
-//! strings it keeps: ~6,800 instructions per frame (callgrind, `stage_parse`), down from
+//! strings it keeps: ~6,100 instructions per frame (callgrind, `stage_parse`), down from
 //! ~12,300 when it went 8 bytes at a time, stepped over nested values byte by byte and
 //! looked for the end of every key.
 //!
@@ -234,7 +234,7 @@ impl<'a> Reader<'a> {
     /// An object, calling `member` with the reader at each value and the index of its key in
     /// `keys` (`keys.len()` for a key not there). `null` is an empty object.
     ///
-    /// Each key is first compared, 16 bytes at a time, with the three of `keys` that come after
+    /// Each key is first compared, 32 bytes at once, with the three of `keys` that come after
     /// the key before it, as the API server writes it (`"name":`, no escapes, no whitespace):
     /// three, so that the fields it leaves out when empty, and `kind` and `apiVersion`
     /// (absent in the benchmark's frames), cost a compare, not a lookup. Only if none is
@@ -742,7 +742,9 @@ impl<'a> Reader<'a> {
     /// of input is an error.
     ///
     /// Inlined for the first sixteen bytes, which hold most keys: called out of line, this
-    /// cost ~50 instructions per string, and a frame has about fifty.
+    /// cost ~50 instructions per string when every key and string of a frame came here
+    /// (about fifty). Now expected keys (`at_key`) and plain strings (`plain_str`) do not;
+    /// keys not expected, and strings with escapes or near the end of the input, do.
     #[inline(always)]
     fn string_end(&self) -> Result<(usize, bool)> {
         let (b, i) = (self.b, self.i);
