@@ -167,7 +167,9 @@ impl Batch {
             (Format::Json, Line::Nested(l)) | (Format::Protobuf, Line::Plain(l)) => {
                 self.arena.push_str(l)
             }
-            // The Shipper gives a protobuf batch plain lines; this is for completeness.
+            // The Shipper gives a protobuf batch plain lines; this is for completeness, and
+            // tested. A nested line is the inside of a JSON string, which always reads back;
+            // were it not one, its text would go as it is rather than not at all.
             (Format::Protobuf, Line::Nested(l)) => {
                 match serde_json::from_str::<String>(&format!("\"{l}\"")) {
                     Ok(plain) => self.arena.push_str(&plain),

@@ -184,10 +184,7 @@ pub fn run(config: Config, stdout: bool) -> Result<(), Error> {
             static_labels: config.labels.clone(),
             keys: config.label_keys.clone(),
             // Sealed as they go out: protobuf for snappy, which the pusher then only compresses.
-            format: match config.compression {
-                loki::Encoding::Snappy => batch::Format::Protobuf,
-                loki::Encoding::Json | loki::Encoding::Gzip => batch::Format::Json,
-            },
+            format: config.compression.sealed_as(),
         };
         let queue = Arc::new(queue::Queue::new(
             config.push_interval,

@@ -134,6 +134,14 @@ impl Encoding {
         }
     }
 
+    /// How batches are sealed for this encoding: protobuf for snappy, JSON otherwise.
+    pub fn sealed_as(self) -> Format {
+        match self {
+            Encoding::Snappy => Format::Protobuf,
+            Encoding::Json | Encoding::Gzip => Format::Json,
+        }
+    }
+
     pub fn from_name(s: &str) -> Option<Encoding> {
         match s {
             "json" => Some(Encoding::Json),
@@ -304,8 +312,9 @@ impl Client {
             Format::Protobuf => {
                 let json = match self.wire {
                     Encoding::Snappy => None,
-                    // A queue sealing protobuf for a client that sends JSON: not how
-                    // kube-event sets them up, but it still works.
+                    // A queue sealing protobuf for a client that sends JSON: `lib.rs` never
+                    // pairs them so (`Encoding::sealed_as`), but it works. (If the body would
+                    // not read back as JSON, it goes out as snappy: Loki takes either.)
                     Encoding::Json | Encoding::Gzip => crate::proto::to_json(body).ok(),
                 };
                 match json {
@@ -547,7 +556,7 @@ mod tests {
         let last = flipped.len() - 5;
         flipped[last] ^= 0xff;
         assert!(json_text(&flipped, Encoding::Gzip).is_err());
-        for e in [Encoding::Json, Encoding::Gzip] {
+        for e in [Encoding::Json, Encoding::Gzip, Encoding::Snappy] {
             assert_eq!(Encoding::from_name(e.name()), Some(e));
         }
     }

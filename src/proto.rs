@@ -65,7 +65,7 @@ impl Encoder {
         wire.clear();
         wire.resize(snap::raw::max_compress_len(proto.len()), 0);
         // Compressing into a buffer of `max_compress_len` only fails for inputs over 4 GiB,
-        // which a push body (BATCH_MAX_BYTES, at most 64 MiB) never is.
+        // which a push body (BATCH_MAX_BYTES, at most 100 MiB) never is.
         let n = snappy.compress(proto, wire).map_err(|_| Error {
             at: 0,
             what: "body too large for snappy",
@@ -113,19 +113,11 @@ impl Encoder {
                 let text = &self.text;
                 self.pairs
                     .sort_by(|x, y| text[x.0.clone()].cmp(&text[y.0.clone()]));
-                let labels = begin(out, 1, 2);
-                out.push(b'{');
-                for (i, (name, value)) in self.pairs.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
-                    }
-                    out.extend_from_slice(&text[name.clone()]);
-                    out.extend_from_slice(b"=\"");
-                    go_quote_into(&text[value.clone()], out);
-                    out.push(b'"');
-                }
-                out.push(b'}');
-                end(out, labels, 2);
+                let pairs = self.pairs.iter();
+                label_set(
+                    out,
+                    pairs.map(|(n, v)| (&text[n.clone()], &text[v.clone()])),
+                );
                 Ok(())
             }
             b"values" => r.body_array(|r| entry(r, out)),
@@ -161,6 +153,24 @@ fn entry(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
     r.eat(b']', "expected `]` after an entry")?;
     end(out, at, 2);
     Ok(())
+}
+
+/// A stream's labels (field 1) as Prometheus prints a label set, `{a="1", b="2"}`, from
+/// name and value pairs in name order.
+fn label_set<'l>(out: &mut Vec<u8>, pairs: impl Iterator<Item = (&'l [u8], &'l [u8])>) {
+    let at = begin(out, 1, 2);
+    out.push(b'{');
+    for (i, (name, value)) in pairs.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"=\"");
+        go_quote_into(value, out);
+        out.push(b'"');
+    }
+    out.push(b'}');
+    end(out, at, 2);
 }
 
 /// An entry's `Timestamp` (field 1): Unix `nanos` as seconds and nanoseconds.
@@ -221,23 +231,12 @@ impl Sealer {
     ) {
         self.finish(out);
         self.stream = Some(begin(out, 1, 3));
-        let at = begin(out, 1, 2);
-        out.push(b'{');
-        for (i, (name, value)) in labels.enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"=\"");
-            go_quote_into(value.as_bytes(), out);
-            out.push(b'"');
-        }
-        out.push(b'}');
-        end(out, at, 2);
+        label_set(out, labels.map(|(n, v)| (n.as_bytes(), v.as_bytes())));
     }
 
     /// One entry of the open stream: `line` as it is, `metadata` a JSON object of strings (as
-    /// `Event::write_metadata` writes it). `Err` only for metadata that is not such an object.
+    /// `Event::write_metadata` writes it). `Err` only for metadata that is not such an object,
+    /// and then `out` is as it was.
     pub fn entry(
         &mut self,
         out: &mut Vec<u8>,
@@ -245,6 +244,7 @@ impl Sealer {
         line: &[u8],
         metadata: Option<&[u8]>,
     ) -> Result<(), Error> {
+        let before = out.len();
         let at = begin(out, 2, 2);
         timestamp(out, nanos);
         if !line.is_empty() {
@@ -253,7 +253,10 @@ impl Sealer {
             out.extend_from_slice(line);
         }
         if let Some(m) = metadata {
-            self::metadata(&mut Reader::new(m), out)?;
+            if let Err(e) = self::metadata(&mut Reader::new(m), out) {
+                out.truncate(before);
+                return Err(e);
+            }
         }
         end(out, at, 2);
         Ok(())
@@ -580,35 +583,24 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The escape at the reader (its `\`), unescaped into `out`.
-    #[inline(always)]
+    /// The `\u` escape at the reader (its `\`), unescaped into `out`; anything else there is
+    /// not an escape.
+    #[cold]
     fn escape_into(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        let c = match self.b.get(self.i + 1) {
-            Some(b'"') => b'"',
-            Some(b'\\') => b'\\',
-            Some(b'/') => b'/',
-            Some(b'b') => 8,
-            Some(b'f') => 12,
-            Some(b'n') => b'\n',
-            Some(b'r') => b'\r',
-            Some(b't') => b'\t',
-            Some(b'u') => {
-                self.i += 2;
-                let ch = self.unicode_escape()?;
-                let mut buf = [0; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                return Ok(());
-            }
-            _ => return self.err("invalid escape"),
-        };
-        out.push(c);
+        // The one-character escapes are done in `string_into` (`UNESCAPE`).
+        if self.b.get(self.i + 1) != Some(&b'u') {
+            return self.err("invalid escape");
+        }
         self.i += 2;
+        let ch = self.unicode_escape()?;
+        let mut buf = [0; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         Ok(())
     }
 }
 
 /// The largest body [`json_text`] decompresses: far above any push body (BATCH_MAX_BYTES is
-/// at most 64 MiB), low enough that a damaged length cannot ask for gigabytes.
+/// at most 100 MiB), low enough that a damaged length cannot ask for gigabytes.
 const MAX_DECOMPRESSED: usize = 256 << 20;
 
 /// The JSON push body that a snappy protobuf `body` holds (for re-stamping a batch Loki
@@ -1183,6 +1175,29 @@ mod tests {
         for cut in 0..proto.len() {
             let _ = to_json(&proto[..cut]);
         }
+    }
+
+    /// Metadata that is not an object of strings (which `Event::write_metadata` never
+    /// writes) leaves the body as it was: the batch then adds the entry without it.
+    #[test]
+    fn an_entry_that_fails_leaves_nothing_behind() {
+        let mut s = Sealer::new();
+        let mut out = Vec::new();
+        s.stream(&mut out, [("job", "j")].into_iter());
+        s.entry(&mut out, 1, b"a", Some(br#"{"k":"v"}"#)).unwrap();
+        let before = out.clone();
+        for bad in [&b"[1]"[..], b"{\"k\":1}", b"{\"k\":\"v", b""] {
+            assert!(s.entry(&mut out, 2, b"b", Some(bad)).is_err());
+            assert_eq!(out, before);
+        }
+        s.entry(&mut out, 2, b"b", None).unwrap();
+        s.finish(&mut out);
+        assert_eq!(
+            json(&to_json(&out).unwrap()),
+            json(
+                br#"{"streams":[{"stream":{"job":"j"},"values":[["1","a",{"k":"v"}],["2","b"]]}]}"#
+            )
+        );
     }
 
     #[test]

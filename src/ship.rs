@@ -183,7 +183,8 @@ impl Shipper {
         // memory of shipped occurrences compares, whatever the output format. A protobuf batch
         // (LOKI_COMPRESSION=snappy) holds the line as it is: both are rendered, side by side.
         let protobuf = matches!(&self.output, Output::Loki(q) if q.format() == Format::Protobuf)
-            && self.s.format == LineFormat::Json;
+            && self.s.format == LineFormat::Json
+            && !self.s.detailed;
         let cut = if protobuf {
             ev.write_line_both(
                 &occ,
