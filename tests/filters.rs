@@ -334,7 +334,8 @@ fn structured_metadata_and_a_loki_that_refuses_it() {
 }
 
 /// Snappy protobuf (Loki's native push, what Promtail and Alloy send) unless told otherwise;
-/// every setting delivers the same entries.
+/// every setting delivers the same entries, labels (a value with a quote, a backslash and a
+/// newline among them) and structured metadata.
 #[test]
 fn pushes_are_snappy_protobuf_unless_told_otherwise() {
     let mut odd = ev(
@@ -348,6 +349,7 @@ fn pushes_are_snappy_protobuf_unless_told_otherwise() {
     );
     odd["message"] =
         json!("a \"quoted\" C:\\path, a tab\t, a newline\n, é, 日本, \u{1F600}, \u{1}");
+    odd["reason"] = json!("Pulled \"x\" C:\\y\nz é");
     let events = [
         ev("shop", "a.1", "Warning", "BackOff", "Pod", "kubelet", 1),
         odd,
@@ -363,10 +365,11 @@ fn pushes_are_snappy_protobuf_unless_told_otherwise() {
         for e in &events {
             rig.api.create(e.clone());
         }
-        let vars: Vec<(&str, &str)> = setting
-            .map(|s| ("LOKI_COMPRESSION", s))
-            .into_iter()
-            .collect();
+        let mut vars = vec![
+            ("STRUCTURED_METADATA", "true"),
+            ("LABEL_KEYS", "namespace,kind,type,reason"),
+        ];
+        vars.extend(setting.map(|s| ("LOKI_COMPRESSION", s)));
         let _ke = rig.start(&vars);
         rig.loki.wait_for_entries(2, T);
         let push = &rig.loki.pushes()[0];
@@ -381,6 +384,9 @@ fn pushes_are_snappy_protobuf_unless_told_otherwise() {
         seen.push(entries);
     }
     assert!(seen.windows(2).all(|w| w[0].len() == w[1].len()));
+    let odd = seen[0].iter().find(|e| e.line.contains("b.2")).unwrap();
+    assert_eq!(odd.labels["reason"], "Pulled \"x\" C:\\y\nz é");
+    assert!(!odd.metadata.is_empty(), "{odd:?}");
     for entries in &seen[1..] {
         for (a, b) in entries.iter().zip(&seen[0]) {
             assert_eq!((&a.labels, &a.metadata), (&b.labels, &b.metadata));
