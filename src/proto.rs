@@ -3,7 +3,7 @@
 //! protocols.md 5.2: a body that is not `application/json` is read as snappy protobuf).
 //!
 //! Why: gzip (level 1) of a JSON body cost ~11,000 instructions per event, 30 % of
-//! kube-event's CPU per event (issue 6); snappy of the same entries as protobuf costs ~4,600
+//! kube-event's CPU per event (issue 6); snappy of the same entries as protobuf costs ~4,000
 //! (benches/README.md has the figures).
 //!
 //! `batch.rs` seals a batch as protobuf with [`Sealer`]; [`Encoder`] compresses it. JSON stays
