@@ -38,6 +38,12 @@ pub struct Batch {
     records: String,
     /// The same records as numbers (`key, count, hash`), for the memory of shipped occurrences.
     list: Vec<(u64, i64, u64)>,
+    /// The records of a batch the pusher has committed, emptied (`Batch::give_records`): the
+    /// next batch's, so that sealing does not allocate them anew. In the static musl build a
+    /// fresh buffer of this size is a new mapping, faulted in page by page and unmapped
+    /// after the commit.
+    spare_records: String,
+    spare_list: Vec<(u64, i64, u64)>,
     /// Estimated size of the encoded body, for `BATCH_MAX_BYTES`.
     encoded_estimate: usize,
 }
@@ -128,8 +134,23 @@ impl Batch {
         self.entries.len()
     }
 
+    /// Takes back the records of a sealed batch once they are committed, emptied, for the
+    /// next batch to be sealed (one pair is kept).
+    pub fn give_records(&mut self, mut records: String, mut list: Vec<(u64, i64, u64)>) {
+        if self.spare_records.capacity() == 0 {
+            records.clear();
+            self.spare_records = records;
+        }
+        if self.spare_list.capacity() == 0 {
+            list.clear();
+            self.spare_list = list;
+        }
+    }
+
     /// Gives back the capacity the buffers do not use.
     pub fn shrink(&mut self) {
+        self.spare_records = String::new();
+        self.spare_list = Vec::new();
         self.streams.shrink_to_fit();
         self.label_text.shrink_to_fit();
         self.index.shrink_to_fit();
@@ -283,12 +304,18 @@ impl Batch {
             format: self.format,
             entries: self.entries.len(),
             records: {
-                let cap = self.records.len();
-                std::mem::replace(&mut self.records, String::with_capacity(cap))
+                let next = match std::mem::take(&mut self.spare_records) {
+                    s if s.capacity() > 0 => s,
+                    _ => String::with_capacity(self.records.len()),
+                };
+                std::mem::replace(&mut self.records, next)
             },
             list: {
-                let cap = self.list.len();
-                std::mem::replace(&mut self.list, Vec::with_capacity(cap))
+                let next = match std::mem::take(&mut self.spare_list) {
+                    l if l.capacity() > 0 => l,
+                    _ => Vec::with_capacity(self.list.len()),
+                };
+                std::mem::replace(&mut self.list, next)
             },
             oldest,
             newest,
@@ -452,6 +479,30 @@ mod tests {
             keys: vec!["namespace".into(), "kind".into(), "type".into()],
             format: Format::Json,
         }
+    }
+
+    /// Records given back after their commit are the buffers of a later batch, emptied.
+    #[test]
+    fn committed_records_are_reused_by_a_later_batch() {
+        let mut b = Batch::default();
+        let seal = |b: &mut Batch, key: u64| {
+            b.push(labels("a", "Pod", "Normal"), 1, Line::Plain("l"), None);
+            b.record(key, 1, key);
+            b.seal(&schema(vec![]), Vec::new())
+        };
+        let first = seal(&mut b, 1);
+        let (text, numbers) = (first.records.as_ptr(), first.list.as_ptr());
+        b.give_records(first.records, first.list);
+        let second = seal(&mut b, 2);
+        b.give_records(second.records, second.list);
+        // The first batch's buffers were the spare while the third was filled.
+        let third = seal(&mut b, 3);
+        assert_eq!(
+            (third.records.as_ptr(), third.list.as_ptr()),
+            (text, numbers)
+        );
+        assert_eq!(third.list, vec![(3, 1, 3)]);
+        assert_eq!(third.records, "0000000000000003 1 0000000000000003\n");
     }
 
     #[test]

@@ -263,7 +263,9 @@ impl Pusher {
                 error!("cannot write the journal: {e}; will try again");
                 return;
             }
-            self.uncommitted.pop_front();
+            if let Some(u) = self.uncommitted.pop_front() {
+                self.queue.recycle_records(u.records, u.list);
+            }
         }
     }
 

@@ -207,6 +207,11 @@ impl Queue {
         }
     }
 
+    /// The records of a sealed batch, committed to the journal: kept for the next batch.
+    pub fn recycle_records(&self, records: String, list: Vec<(u64, i64, u64)>) {
+        self.lock().open.give_records(records, list);
+    }
+
     /// Releases spare buffers and the open batch's unused capacity (the pusher calls this
     /// when the pipeline has been idle for a while).
     pub fn trim(&self) {
