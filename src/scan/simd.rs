@@ -51,7 +51,7 @@ pub(super) fn prefix_xor(mut x: u64) -> u64 {
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod sse2 {
     use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
         _mm_setzero_si128, _mm_subs_epu8,
     };
 
@@ -102,6 +102,9 @@ mod sse2 {
         }
     }
 
+    /// Backslashes are rare (none in a typical `managedFields`): their four compares are
+    /// joined and tested once, and only a block with one gets their mask: ~24 instructions
+    /// per frame less than moving four 16-bit masks into one for every block.
     #[inline(always)]
     pub(in crate::scan) fn structure(c: &[u8; 64]) -> Structure {
         let mut s = Structure {
@@ -109,25 +112,30 @@ mod sse2 {
             backslash: 0,
             bracket: 0,
         };
-        for (k, c) in c.chunks_exact(16).enumerate() {
-            // SAFETY: as in `string_stops`; `c` is 16 bytes (`chunks_exact`).
-            let (quote, backslash, bracket) = unsafe {
-                let v = _mm_loadu_si128(c.as_ptr().cast());
+        // SAFETY: as in `string_stops`; each load reads 16 of the 64 bytes of `c`.
+        unsafe {
+            let v: [__m128i; 4] =
+                std::array::from_fn(|k| _mm_loadu_si128(c[16 * k..].as_ptr().cast()));
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let mut any_backslash = _mm_setzero_si128();
+            for (k, &v) in v.iter().enumerate() {
                 // `[` and `]` are `{` and `}` without 0x20.
                 let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
                 let bracket = _mm_or_si128(
                     _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
                     _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
                 );
-                (
-                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8))),
-                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8))),
-                    _mm_movemask_epi8(bracket),
-                )
-            };
-            s.quote |= u64::from(quote as u32) << (16 * k);
-            s.backslash |= u64::from(backslash as u32) << (16 * k);
-            s.bracket |= u64::from(bracket as u32) << (16 * k);
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                any_backslash = _mm_or_si128(any_backslash, _mm_cmpeq_epi8(v, backslash));
+                s.quote |= u64::from(_mm_movemask_epi8(quote) as u32) << (16 * k);
+                s.bracket |= u64::from(_mm_movemask_epi8(bracket) as u32) << (16 * k);
+            }
+            if _mm_movemask_epi8(any_backslash) != 0 {
+                for (k, &v) in v.iter().enumerate() {
+                    let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, backslash));
+                    s.backslash |= u64::from(m as u32) << (16 * k);
+                }
+            }
         }
         s
     }
