@@ -212,6 +212,7 @@ fn metadata(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
 /// Writes a `PushRequest` as `batch.rs` seals a batch, without JSON in between: a stream at a
 /// time ([`Sealer::stream`]), then its entries ([`Sealer::entry`]), lines as they are.
 /// Gives the bytes [`Encoder::transcode`] gives for the JSON body of the same batch.
+#[derive(Default)]
 pub struct Sealer {
     /// Where the open stream's length goes.
     stream: Option<usize>,
@@ -219,7 +220,7 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn new() -> Sealer {
-        Sealer { stream: None }
+        Sealer::default()
     }
 
     /// Starts a stream with `labels` (name and value pairs, in name order, stable for equal
@@ -267,12 +268,6 @@ impl Sealer {
         if let Some(at) = self.stream.take() {
             end(out, at, 3);
         }
-    }
-}
-
-impl Default for Sealer {
-    fn default() -> Sealer {
-        Sealer::new()
     }
 }
 
@@ -409,10 +404,7 @@ impl<'a> Reader<'a> {
         mut member: impl FnMut(&mut Self, &'a [u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.ws();
-        self.eat(b'{', "expected an object")?;
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        if !self.open(b'{', b'}', "expected an object")? {
             return Ok(());
         }
         loop {
@@ -433,14 +425,9 @@ impl<'a> Reader<'a> {
             self.eat(b':', "expected `:`")?;
             self.ws();
             member(self, &self.b[start..end])?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return self.err("expected `,` or `}`"),
+            const WHAT: &str = "expected `,` or `}`";
+            if !self.comma_or(b'}', WHAT, WHAT)? {
+                return Ok(());
             }
         }
     }
@@ -451,23 +438,15 @@ impl<'a> Reader<'a> {
         mut element: impl FnMut(&mut Self) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.ws();
-        self.eat(b'[', "expected an array")?;
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
+        if !self.open(b'[', b']', "expected an array")? {
             return Ok(());
         }
         loop {
             self.ws();
             element(self)?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return self.err("expected `,` or `]`"),
+            const WHAT: &str = "expected `,` or `]`";
+            if !self.comma_or(b']', WHAT, WHAT)? {
+                return Ok(());
             }
         }
     }

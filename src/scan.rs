@@ -226,6 +226,42 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `open` (else `what`), whitespace, and `false`, the reader after it, when `close`
+    /// follows at once: an empty object or array.
+    pub(crate) fn open(&mut self, open: u8, close: u8, what: &'static str) -> Result<bool> {
+        self.eat(open, what)?;
+        self.ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// After a member or an element, past whitespace: `true` at a `,` (another follows),
+    /// `false` at `close`, the reader after either; else the error `eof` at the end of the
+    /// input and `what` elsewhere.
+    pub(crate) fn comma_or(
+        &mut self,
+        close: u8,
+        eof: &'static str,
+        what: &'static str,
+    ) -> Result<bool> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(true)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            None => self.err(eof),
+            Some(_) => self.err(what),
+        }
+    }
+
     fn end(&mut self) -> Result<()> {
         self.ws();
         if self.i == self.b.len() {
@@ -281,16 +317,10 @@ impl<'a> Reader<'a> {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => self.ws(),
+                _ => {}
             }
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                None => return self.err("EOF while parsing an object"),
-                Some(_) => return self.err("expected `,` or `}`"),
+            if !self.comma_or(b'}', "EOF while parsing an object", "expected `,` or `}`")? {
+                return Ok(());
             }
         }
     }
@@ -362,13 +392,7 @@ impl<'a> Reader<'a> {
     /// A list page's `items`: where each starts and ends.
     fn items(&mut self, items: &mut Vec<&'a [u8]>) -> Result<()> {
         let r = self;
-        if r.literal(b"null") {
-            return Ok(());
-        }
-        r.eat(b'[', "expected an array")?;
-        r.ws();
-        if r.peek() == Some(b']') {
-            r.i += 1;
+        if r.literal(b"null") || !r.open(b'[', b']', "expected an array")? {
             return Ok(());
         }
         loop {
@@ -379,15 +403,8 @@ impl<'a> Reader<'a> {
             }
             r.skip()?;
             items.push(&r.b[start..r.i]);
-            r.ws();
-            match r.peek() {
-                Some(b',') => r.i += 1,
-                Some(b']') => {
-                    r.i += 1;
-                    return Ok(());
-                }
-                None => return r.err("EOF while parsing a list"),
-                Some(_) => return r.err("expected `,` or `]`"),
+            if !r.comma_or(b']', "EOF while parsing a list", "expected `,` or `]`")? {
+                return Ok(());
             }
         }
     }
