@@ -1420,5 +1420,12 @@ fn stage_snappy(bodies: &[Vec<u8>]) -> usize {
 #[inline(never)]
 fn stage_gzip(bodies: &[Vec<u8>], level: u32) -> usize {
     let mut z = kube_event::loki::Gzip::with_level(level);
-    bodies.iter().map(|b| z.compress(b).len()).sum()
+    let mut out = Vec::new();
+    bodies
+        .iter()
+        .map(|b| {
+            z.compress_into(b, &mut out);
+            out.len()
+        })
+        .sum()
 }

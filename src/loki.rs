@@ -47,12 +47,11 @@ pub struct Client {
     proto: Option<crate::proto::Encoder>,
 }
 
-/// The deflate state and the output buffer, kept from one push to the next. A fresh state is
-/// a few hundred KB of tables; in the static musl binary every such allocation was a new
-/// mapping faulted in page by page, for every batch (issue 6: ~1,000 page faults per batch).
+/// The deflate state, kept from one push to the next. A fresh state is a few hundred KB of
+/// tables; in the static musl binary every such allocation was a new mapping faulted in page
+/// by page, for every batch (issue 6: ~1,000 page faults per batch).
 pub struct Gzip {
     deflate: flate2::Compress,
-    out: Vec<u8>,
 }
 
 impl Default for Gzip {
@@ -67,21 +66,12 @@ impl Gzip {
     pub fn with_level(level: u32) -> Gzip {
         Gzip {
             deflate: flate2::Compress::new(flate2::Compression::new(level), false),
-            out: Vec::new(),
         }
     }
 
-    /// `body` as a gzip member (RFC 1952): a 10-byte header, raw deflate, CRC-32 and length.
-    /// Level 1: a body of typical events shrinks 3.4x at level 1 and 5.3x at level 6, for 3.5
-    /// times the CPU (`bench hotpath`).
-    pub fn compress(&mut self, body: &[u8]) -> &[u8] {
-        let mut out = std::mem::take(&mut self.out);
-        self.compress_into(body, &mut out);
-        self.out = out;
-        &self.out
-    }
-
-    /// As `compress`, into `out` (cleared first).
+    /// `body` as a gzip member (RFC 1952: a 10-byte header, raw deflate, CRC-32 and length),
+    /// into `out` (cleared first). A body of typical events shrinks 3.4x at level 1 and 5.3x at
+    /// level 6, for 3.5 times the CPU (`bench hotpath`).
     pub fn compress_into(&mut self, body: &[u8], out: &mut Vec<u8>) {
         // XFL 0: flate2's encoder writes the same for every level.
         const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
@@ -534,7 +524,8 @@ mod tests {
             &noise,
             br#"{"streams":[]}"#.as_slice(),
         ] {
-            let wire = z.compress(body).to_vec();
+            let mut wire = Vec::new();
+            z.compress_into(body, &mut wire);
             assert_eq!(&wire[..2], &[0x1f, 0x8b]);
             let mut back = Vec::new();
             flate2::read::GzDecoder::new(&wire[..])
@@ -549,7 +540,8 @@ mod tests {
             assert_eq!(&*json_text(body, Encoding::Json).unwrap(), body);
         }
         // A damaged member is an error, not a crash or a short body.
-        let wire = z.compress(big.as_bytes()).to_vec();
+        let mut wire = Vec::new();
+        z.compress_into(big.as_bytes(), &mut wire);
         let err = json_text(&wire[..wire.len() / 2], Encoding::Gzip).unwrap_err();
         assert!(err.contains("cannot decompress"), "{err}");
         let mut flipped = wire.clone();
