@@ -209,10 +209,11 @@ impl Client {
         let client = cert.as_deref().zip(key.as_deref());
         let tls = crate::tls::config(ca.as_deref(), cfg.insecure_skip_verify, client)
             .map_err(|e| Error(format!("Loki TLS: {e}")))?;
-        let agent: ureq::Agent = crate::http::agent_config(tls, crate::http::LOKI_BUFFERS)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = crate::http::agent(
+            crate::http::agent_config(tls, crate::http::LOKI_BUFFERS)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build(),
+        );
         let basic = match (&cfg.username, &cfg.password) {
             (Some(u), Some(p)) => Some(format!(
                 "Basic {}",

@@ -157,10 +157,11 @@ impl Client {
             .as_deref()
             .zip(t.client_key_pem.as_deref());
         let tls = crate::tls::config(t.ca_pem.as_deref(), t.insecure_skip_verify, client)?;
-        let agent = crate::http::agent_config(tls, crate::http::API_BUFFERS)
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = crate::http::agent(
+            crate::http::agent_config(tls, crate::http::API_BUFFERS)
+                .timeout_recv_response(Some(Duration::from_secs(60)))
+                .build(),
+        );
         Ok(Client {
             agent,
             server: access.server.trim_end_matches('/').to_string(),
