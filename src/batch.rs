@@ -23,7 +23,7 @@ pub struct Batch {
     /// The label values of every stream, back to back (`Stream::values` are ranges here).
     label_text: String,
     /// hash(labels) -> the first stream with that hash (others chain through `Stream::next`).
-    index: HashMap<u64, u32>,
+    index: HashMap<u64, u32, std::hash::BuildHasherDefault<crate::hash::KeyHasher>>,
     /// Every occurrence in arrival order; grouped by stream and ordered by time at `seal`.
     entries: Vec<Entry>,
     /// `seal`'s working space for that ordering: the entries grouped, and where each

@@ -396,7 +396,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        stats.frame(crate::stats::FRAME_ADDED);
+        stats.frame(crate::stats::FRAME_ADDED, crate::stats::now_ms());
         stats.push_attempt(0, Some(204), Duration::from_millis(30));
         stats.push_attempt(1, None, Duration::from_secs(100));
         Stats::add(&stats.dropped_spool_full, 3);

@@ -17,13 +17,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use log::{debug, warn};
 
-use crate::hash::{hash64, mix};
+use crate::hash::hash64;
 use crate::loki::Encoding;
 use crate::time::now_secs;
 
@@ -75,7 +75,7 @@ impl Shipped {
 /// 8 bytes instead of 36 plus a heap allocation. Two uids colliding in 64 bits is about one
 /// chance in 10^7 for a million events in the retention window, and costs at most a
 /// re-shipped or skipped repeat of one of the two.
-pub type ShippedMap = HashMap<u64, Shipped, BuildHasherDefault<KeyHasher>>;
+pub type ShippedMap = HashMap<u64, Shipped, BuildHasherDefault<crate::hash::KeyHasher>>;
 pub use crate::table::Table;
 
 /// The memory of shipped occurrences, one copy shared by the Shipper (watcher thread), which
@@ -176,25 +176,6 @@ impl Memory {
 /// The key of an event in `ShippedMap` and in the journal.
 pub fn uid_key(uid: &str) -> u64 {
     hash64(0, uid.as_bytes())
-}
-
-/// The keys are hashes already: mix them once (splitmix64's finaliser) instead of hashing
-/// them again with SipHash.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        mix(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = hash64(self.0, bytes);
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
 }
 
 /// A batch in the spool directory.
@@ -501,6 +482,11 @@ impl Store {
         // A slice at a time: the watcher takes the same lock for every event.
         for chunk in list.chunks(256) {
             let mut memory = lock(&self.memory);
+            // Each insert would wait for its slot, one after the other; asked for together,
+            // the slots arrive side by side.
+            for &(key, _, _) in chunk {
+                memory.committed.prefetch(key);
+            }
             for &(key, count, hash) in chunk {
                 memory.commit(key, Shipped::new(count, hash, at));
             }

@@ -121,9 +121,10 @@ impl Stats {
         Self::set(&self.last_watch_progress_ms, now_ms());
     }
 
-    pub fn frame(&self, kind: usize) {
+    /// A frame of `kind`, which arrived at `now` (`now_ms`, read once per read from the
+    /// stream rather than once per frame).
+    pub fn frame(&self, kind: usize, now: u64) {
         Self::add(&self.frames[kind], 1);
-        let now = now_ms();
         Self::set(&self.last_frame_ms, now);
         Self::set(&self.last_watch_progress_ms, now);
     }

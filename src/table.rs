@@ -84,6 +84,23 @@ impl Table {
         self.slots.len()
     }
 
+    /// Asks the CPU to bring `key`'s home slot and the next 64 bytes into the cache: a lookup
+    /// or insert of a key prefetched a while before does not wait for memory (a table of
+    /// 200,000 events is 3 MB; its misses were ~4 % of the storm's CPU, perf).
+    pub fn prefetch(&self, key: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if !self.slots.is_empty() {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let home = self.slots[self.home(mixed(key))..].as_ptr().cast::<i8>();
+            // SAFETY: a prefetch is a hint that never faults and changes no memory; `home`
+            // points into `slots`, and 64 bytes on is at most one past its end's cache line.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(home);
+                _mm_prefetch::<_MM_HINT_T0>(home.wrapping_add(64));
+            }
+        }
+    }
+
     pub fn get(&self, key: u64) -> Option<Shipped> {
         self.find(mixed(key)).map(|i| self.shipped(self.slots[i]))
     }

@@ -24,7 +24,8 @@ use crate::scan;
 use crate::ship::{head, OutputClosed, Shipper};
 use crate::shutdown::Shutdown;
 use crate::stats::{
-    Stats, FRAME_ADDED, FRAME_BOOKMARK, FRAME_DELETED, FRAME_ERROR, FRAME_LIST, FRAME_MODIFIED,
+    now_ms, Stats, FRAME_ADDED, FRAME_BOOKMARK, FRAME_DELETED, FRAME_ERROR, FRAME_LIST,
+    FRAME_MODIFIED,
 };
 
 /// Where the watcher is. Each variant says how it is left.
@@ -176,6 +177,7 @@ impl Watcher {
         self.stats.watch_progress();
         Stats::add(&self.stats.frames[FRAME_LIST], list.items.len() as u64);
         let mut item_rv = String::new();
+        self.shipper().tick(now_ms() / 1000);
         for item in &list.items {
             self.shipper().offer(item, &mut item_rv)?;
         }
@@ -239,12 +241,15 @@ impl Watcher {
         // LINE_FORMAT=raw ships the object's text as sent.
         let raw_mode = self.shipper().needs_raw();
         let mut buf = std::mem::take(&mut self.line);
+        // The time the frames being read arrived: the clock is read when the stream reads.
+        let mut now = now_ms();
         // `None`: the stream ended cleanly.
         let next: Option<State> = loop {
             if self.shutdown.is_set() {
                 break Some(State::Stopped);
             }
-            let line = match stream.next_line(&mut buf) {
+            let mut read = false;
+            let line = match stream.next_line(&mut buf, &mut read) {
                 Ok(Some(line)) => line,
                 Ok(None) => break None,
                 Err(e) => {
@@ -255,6 +260,10 @@ impl Watcher {
                 }
             };
             frames += 1;
+            if read {
+                now = now_ms();
+                self.shipper().tick(now / 1000);
+            }
             let line = line.trim_ascii();
             if line.is_empty() {
                 continue;
@@ -288,11 +297,14 @@ impl Watcher {
                 .filter(|v| !v.is_empty());
             match &*kind {
                 "ADDED" | "MODIFIED" => {
-                    self.stats.frame(if &*kind == "ADDED" {
-                        FRAME_ADDED
-                    } else {
-                        FRAME_MODIFIED
-                    });
+                    self.stats.frame(
+                        if &*kind == "ADDED" {
+                            FRAME_ADDED
+                        } else {
+                            FRAME_MODIFIED
+                        },
+                        now,
+                    );
                     let offered = self.shipper().offer_event(&ev, raw, &mut rv);
                     if let Err(e) = offered {
                         drop(ev);
@@ -301,7 +313,7 @@ impl Watcher {
                     }
                 }
                 "DELETED" => {
-                    self.stats.frame(FRAME_DELETED);
+                    self.stats.frame(FRAME_DELETED, now);
                     if let Some(uid) = ev.metadata.uid.as_deref() {
                         self.shipper().forget(uid);
                     }
@@ -311,7 +323,7 @@ impl Watcher {
                     }
                 }
                 "BOOKMARK" => {
-                    self.stats.frame(FRAME_BOOKMARK);
+                    self.stats.frame(FRAME_BOOKMARK, now);
                     if let Some(v) = frame_rv {
                         debug!("bookmark at resourceVersion {v}");
                         rv.clear();
@@ -319,7 +331,7 @@ impl Watcher {
                     }
                 }
                 "ERROR" => {
-                    self.stats.frame(FRAME_ERROR);
+                    self.stats.frame(FRAME_ERROR, now);
                     let code = ev.code.unwrap_or(0);
                     let reason = ev.reason.as_deref().unwrap_or("").to_string();
                     let message = ev.message.as_deref().unwrap_or("").to_string();

@@ -86,14 +86,17 @@ impl<R: std::io::Read> WatchStream<R> {
     /// The next frame line, with its newline (none on a last line without one). It is read in
     /// place from the reader's buffer when it is there whole, which is nearly always (64 KiB
     /// of ~1 KB frames); only a line that spans two reads is gathered in `spill`. `Ok(None)`:
-    /// the stream ended.
+    /// the stream ended. `read` is set when the call read from the body rather than only
+    /// from the reader's buffer: the watcher reads the clock then, not for every frame.
     pub fn next_line<'s>(
         &'s mut self,
         spill: &'s mut Vec<u8>,
+        read: &mut bool,
     ) -> std::io::Result<Option<&'s [u8]>> {
         self.reader.consume(std::mem::take(&mut self.lent));
         spill.clear();
         loop {
+            *read |= self.reader.buffer().is_empty();
             let (newline, len) = {
                 let avail = self.reader.fill_buf()?;
                 (find_newline(avail), avail.len())
@@ -351,11 +354,52 @@ mod tests {
             });
             let mut spill = Vec::new();
             let mut got = Vec::new();
-            while let Some(line) = stream.next_line(&mut spill).unwrap() {
+            while let Some(line) = stream.next_line(&mut spill, &mut false).unwrap() {
                 got.push(String::from_utf8(line.to_vec()).unwrap());
             }
             assert_eq!(got, want, "reads of {sizes:?}");
-            assert!(stream.next_line(&mut spill).unwrap().is_none());
+            assert!(stream.next_line(&mut spill, &mut false).unwrap().is_none());
+        }
+    }
+
+    /// `read` says exactly whether a call read from the body: the watcher stamps frames with
+    /// the clock it reads then.
+    #[test]
+    fn next_line_says_when_it_read_from_the_body() {
+        struct Counted<'a>(Chunked<'a>, std::rc::Rc<std::cell::Cell<usize>>);
+        impl std::io::Read for Counted<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.1.set(self.1.get() + 1);
+                self.0.read(buf)
+            }
+        }
+        let mut body = String::new();
+        for i in 0..2000 {
+            body.push_str(&format!("{{\"type\":\"ADDED\",\"n\":{i}}}\n"));
+        }
+        for sizes in [&[1usize << 20][..], &[1], &[7, 3, 1000, 65536, 13]] {
+            let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+            let chunked = Chunked {
+                data: body.as_bytes(),
+                sizes,
+                n: 0,
+            };
+            let mut stream = WatchStream::new(Counted(chunked, reads.clone()));
+            let mut spill = Vec::new();
+            let (mut lines, mut flagged) = (0, 0);
+            loop {
+                let before = reads.get();
+                let mut read = false;
+                let more = stream.next_line(&mut spill, &mut read).unwrap().is_some();
+                assert_eq!(read, reads.get() != before, "sizes {sizes:?}, line {lines}");
+                flagged += usize::from(read);
+                if !more {
+                    break;
+                }
+                lines += 1;
+            }
+            assert_eq!(lines, 2000);
+            assert!(flagged >= 2 && flagged <= reads.get(), "sizes {sizes:?}");
         }
     }
 
