@@ -45,6 +45,10 @@ pub struct Encoder {
     text: Vec<u8>,
     pairs: Vec<(Range<usize>, Range<usize>)>,
     snappy: Option<snap::raw::Encoder>,
+    /// snappy's output: it writes into initialised bytes, so this is zeroed once, to the
+    /// largest size a body needed, and each body's few compressed bytes are copied out.
+    /// Zeroing `wire` to `max_compress_len` for every body was ~1.3 % of the storm's CPU.
+    out: Vec<u8>,
 }
 
 impl Encoder {
@@ -62,15 +66,20 @@ impl Encoder {
     /// A protobuf body (as `batch.rs` seals it) snappy-compressed into `wire` (cleared first).
     pub fn compress_into(&mut self, proto: &[u8], wire: &mut Vec<u8>) -> Result<(), Error> {
         let snappy = self.snappy.get_or_insert_with(snap::raw::Encoder::new);
-        wire.clear();
-        wire.resize(snap::raw::max_compress_len(proto.len()), 0);
+        let max = snap::raw::max_compress_len(proto.len());
+        if self.out.len() < max {
+            self.out.resize(max, 0);
+        }
         // Compressing into a buffer of `max_compress_len` only fails for inputs over 4 GiB,
         // which a push body (BATCH_MAX_BYTES, at most 100 MiB) never is.
-        let n = snappy.compress(proto, wire).map_err(|_| Error {
-            at: 0,
-            what: "body too large for snappy",
-        })?;
-        wire.truncate(n);
+        let n = snappy
+            .compress(proto, &mut self.out[..max])
+            .map_err(|_| Error {
+                at: 0,
+                what: "body too large for snappy",
+            })?;
+        wire.clear();
+        wire.extend_from_slice(&self.out[..n]);
         Ok(())
     }
 
@@ -971,6 +980,25 @@ mod tests {
 
     fn json(b: &[u8]) -> Value {
         serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
+    }
+
+    /// snappy writes into a buffer kept at the largest size so far: a smaller body after a
+    /// larger one gets its own bytes only, and every body reads back.
+    #[test]
+    fn bodies_of_any_size_in_any_order_compress_to_what_decompresses_back() {
+        let mut e = Encoder::default();
+        let mut wire = vec![9; 7];
+        for n in [1 << 20, 0, 3, 100_000, 17, 1 << 20, 64 << 10] {
+            let body: Vec<u8> = (0..n)
+                .map(|i| (i * 7 % 251) as u8 ^ (i / 999) as u8)
+                .collect();
+            e.compress_into(&body, &mut wire).unwrap();
+            assert_eq!(
+                snap::raw::Decoder::new().decompress_vec(&wire).unwrap(),
+                body,
+                "{n} bytes"
+            );
+        }
     }
 
     #[test]

@@ -305,12 +305,17 @@ impl Watcher {
                         },
                         now,
                     );
-                    let offered = self.shipper().offer_event(&ev, raw, &mut rv);
+                    // One hold of the Shipper's lock for the event and the resume point.
+                    let mut shipper = self.shipper();
+                    let offered = shipper.offer_event(&ev, raw, &mut rv);
                     if let Err(e) = offered {
+                        drop(shipper);
                         drop(ev);
                         self.line = buf;
                         return Err(e);
                     }
+                    shipper.advance(&self.scope.key, &rv);
+                    continue;
                 }
                 "DELETED" => {
                     self.stats.frame(FRAME_DELETED, now);

@@ -123,20 +123,32 @@ impl<R: std::io::Read> WatchStream<R> {
     }
 }
 
-/// The index of the first `\n` in `b`. Sixteen bytes at a time with SSE2 on x86_64 (every
-/// such CPU has it): std's `read_until` searched with its generic `memchr`, ~1,600
-/// instructions per 1.2 KB frame, 4 % of the process in the storm (callgrind).
+/// The index of the first `\n` in `b`. With SSE2 on x86_64 (every such CPU has it), 64
+/// bytes a step and then 16: std's `read_until` searched with its generic `memchr`, ~1,600
+/// instructions per 1.2 KB frame, 4 % of the process in the storm (callgrind); `next_line`
+/// cost ~455 with 16 bytes a step, ~125 with 64.
 fn find_newline(b: &[u8]) -> Option<usize> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     {
         use std::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
         };
         let mut i = 0;
         // SAFETY: SSE2 is enabled in this build (the cfg above); each load reads the 16 bytes
-        // at `i`, and `i + 16 <= b.len()`.
+        // at `i + k` with `i + k + 16 <= b.len()`.
         unsafe {
             let newline = _mm_set1_epi8(b'\n' as i8);
+            let at = |k: usize| _mm_cmpeq_epi8(_mm_loadu_si128(b.as_ptr().add(k).cast()), newline);
+            while i + 64 <= b.len() {
+                let any = _mm_or_si128(
+                    _mm_or_si128(at(i), at(i + 16)),
+                    _mm_or_si128(at(i + 32), at(i + 48)),
+                );
+                if _mm_movemask_epi8(any) != 0 {
+                    break;
+                }
+                i += 64;
+            }
             while i + 16 <= b.len() {
                 let v = _mm_loadu_si128(b.as_ptr().add(i).cast());
                 let hits = _mm_movemask_epi8(_mm_cmpeq_epi8(v, newline));
@@ -405,7 +417,7 @@ mod tests {
 
     #[test]
     fn find_newline_agrees_with_a_plain_search() {
-        for len in 0..80 {
+        for len in 0..200 {
             let mut b = vec![b'x'; len];
             assert_eq!(find_newline(&b), None);
             for at in 0..len {
