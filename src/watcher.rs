@@ -268,19 +268,20 @@ impl Watcher {
             if line.is_empty() {
                 continue;
             }
-            let parsed = scan::frame(line).and_then(|f| {
-                let raw = if raw_mode {
-                    Some(std::str::from_utf8(f.raw).map_err(|e| scan::Error {
+            let mut frame = scan::Frame::default();
+            let parsed = scan::frame_into(line, &mut frame).and_then(|()| {
+                if !raw_mode {
+                    return Ok(None);
+                }
+                std::str::from_utf8(frame.raw)
+                    .map(Some)
+                    .map_err(|e| scan::Error {
                         at: e.valid_up_to(),
                         what: "invalid UTF-8 in the object",
-                    })?)
-                } else {
-                    None
-                };
-                Ok((f.kind, f.object, raw))
+                    })
             });
             let (kind, ev, raw) = match parsed {
-                Ok(p) => p,
+                Ok(raw) => (&*frame.kind, &frame.object, raw),
                 Err(e) => {
                     Stats::add(&self.stats.malformed, 1);
                     warn!(
@@ -295,10 +296,10 @@ impl Watcher {
                 .resource_version
                 .as_deref()
                 .filter(|v| !v.is_empty());
-            match &*kind {
+            match kind {
                 "ADDED" | "MODIFIED" => {
                     self.stats.frame(
-                        if &*kind == "ADDED" {
+                        if kind == "ADDED" {
                             FRAME_ADDED
                         } else {
                             FRAME_MODIFIED
@@ -307,10 +308,10 @@ impl Watcher {
                     );
                     // One hold of the Shipper's lock for the event and the resume point.
                     let mut shipper = self.shipper();
-                    let offered = shipper.offer_event(&ev, raw, &mut rv);
+                    let offered = shipper.offer_event(ev, raw, &mut rv);
                     if let Err(e) = offered {
                         drop(shipper);
-                        drop(ev);
+                        drop(frame);
                         self.line = buf;
                         return Err(e);
                     }
