@@ -1,5 +1,5 @@
-//! What both HTTP clients (API server and Loki) share: their connections' buffer sizes, and
-//! what they read from an answer that is not a success.
+//! What both HTTP clients (API server and Loki) share: their connections' buffer sizes, how
+//! they look hosts up, and what they read from an answer that is not a success.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,11 +54,19 @@ pub const RESOLVED_FOR: Duration = Duration::from_secs(30);
 /// 105 threads, ~1 % of the CPU (perf). This keeps the last answer for `ttl`; a connection
 /// that has to be made after Loki or the API server moved fails at worst for `ttl`, and is
 /// retried as any failure is.
-#[derive(Debug)]
 pub struct CachingResolver<R> {
     inner: R,
     ttl: Duration,
     last: Mutex<Option<(String, Instant, ResolvedSocketAddrs)>>,
+}
+
+/// ureq's `Resolver` must be `Debug`: the time to live only.
+impl<R> std::fmt::Debug for CachingResolver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachingResolver")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: Resolver> CachingResolver<R> {
@@ -78,10 +86,12 @@ impl<R: Resolver> Resolver for CachingResolver<R> {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        // Scheme, host and port: never the authority's user and password, if a URL has them.
         let key = format!(
-            "{}://{}",
+            "{}://{}:{}",
             uri.scheme_str().unwrap_or(""),
-            uri.authority().map(|a| a.as_str()).unwrap_or("")
+            uri.host().unwrap_or(""),
+            uri.port_u16().unwrap_or(0)
         );
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, at, addrs)) = &*last {
@@ -155,7 +165,9 @@ mod tests {
         assert_eq!(loki, "10.0.0.1:3100".parse().unwrap());
         // Another path on the same host and port: the same answer, no lookup.
         assert_eq!(lookup(&r, "https://loki:3100/ready"), loki);
+        assert_eq!(lookup(&r, "https://user:secret@loki:3100/x"), loki);
         assert_eq!(r.inner.0.load(Ordering::SeqCst), 1);
+        assert!(!format!("{r:?}").contains("secret"));
         // Another port, or another scheme, is another lookup.
         assert_eq!(
             lookup(&r, "https://loki:3101/x"),
