@@ -88,16 +88,15 @@ impl Table {
     /// or insert of a key prefetched a while before does not wait for memory (a table of
     /// 200,000 events is 3 MB; its misses were ~4 % of the storm's CPU, perf).
     pub fn prefetch(&self, key: u64) {
-        #[cfg(target_arch = "x86_64")]
-        if !self.slots.is_empty() {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let home = self.slots[self.home(mixed(key))..].as_ptr().cast::<i8>();
-            // SAFETY: a prefetch is a hint that never faults and changes no memory; `home`
-            // points into `slots`, and 64 bytes on is at most one past its end's cache line.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(home);
-                _mm_prefetch::<_MM_HINT_T0>(home.wrapping_add(64));
-            }
+        prefetch(self.where_(), key);
+    }
+
+    /// Where the slots are, for `prefetch` without the table at hand (`Shipper` keeps it from
+    /// its last lookup, so that it need not take the memory's lock to prefetch).
+    pub fn where_(&self) -> Slots {
+        Slots {
+            at: self.slots.as_ptr() as usize,
+            len: self.slots.len(),
         }
     }
 
@@ -319,6 +318,33 @@ impl std::fmt::Debug for Table {
 
 /// What a slot holds for `key`: `mix(key)`, 0 for an empty slot. `mix(0)` is 0, so the key 0
 /// (one chance in 2^64: keys are hashes) shares the key 1's slot.
+/// Where a table's slots were (`Table::where_`): an address and a length, not a borrow. The
+/// table may have moved since; a prefetch of where it was is only a wasted hint.
+#[derive(Clone, Copy, Default)]
+pub struct Slots {
+    at: usize,
+    len: usize,
+}
+
+/// `Table::prefetch` of the table that was at `slots`.
+pub fn prefetch(slots: Slots, key: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if slots.len > 0 {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let home = ((mixed(key) as u128 * slots.len as u128) >> 64) as usize;
+        let at = slots.at.wrapping_add(home * std::mem::size_of::<Slot>());
+        // SAFETY: a prefetch is a hint: it never faults, reads nothing into the program and
+        // writes nothing, whatever the address (here one that held the table's slots, which
+        // may have been freed since).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(std::ptr::without_provenance(at));
+            _mm_prefetch::<_MM_HINT_T0>(std::ptr::without_provenance(at.wrapping_add(64)));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, key);
+}
+
 fn mixed(key: u64) -> u64 {
     mix(key.max(1))
 }
@@ -339,6 +365,31 @@ fn minute_floor(secs: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    /// A prefetch is only a hint: where a table was (freed since), nowhere, or the top of the
+    /// address space, it neither faults nor changes anything.
+    #[test]
+    fn prefetching_where_a_table_was_or_anywhere_is_harmless() {
+        let mut t = Table::default();
+        for k in 0..1000u64 {
+            t.insert(k, Shipped::new(1, k, 1_800_000_000));
+        }
+        let was = t.where_();
+        t.prefetch(7);
+        drop(t);
+        for key in [0, 7, u64::MAX] {
+            prefetch(was, key);
+            prefetch(Slots { at: 0, len: 5 }, key);
+            prefetch(
+                Slots {
+                    at: usize::MAX - 8,
+                    len: usize::MAX,
+                },
+                key,
+            );
+            prefetch(Slots::default(), key);
+        }
+    }
+
     use super::*;
     use std::collections::HashMap;
 
