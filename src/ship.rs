@@ -146,7 +146,7 @@ impl Shipper {
         let (ev, text) = match parsed {
             Ok(ev) => ev,
             Err(e) => {
-                Stats::add(&self.stats.received, 1);
+                Stats::add_shipper(&self.stats.received, 1);
                 Stats::add(&self.stats.malformed, 1);
                 warn!(
                     "skipping an event that does not parse ({e}): {}",
@@ -167,7 +167,7 @@ impl Shipper {
         raw: Option<&str>,
         rv: &mut String,
     ) -> Result<(), OutputClosed> {
-        Stats::add(&self.stats.received, 1);
+        Stats::add_shipper(&self.stats.received, 1);
         if let Some(v) = ev
             .metadata
             .resource_version
@@ -222,7 +222,7 @@ impl Shipper {
             self.slots = seen.committed.where_();
             match seen.get(key) {
                 Some(s) if s.covers(&shipped) => {
-                    Stats::add(&self.stats.unchanged, 1);
+                    Stats::add_shipper(&self.stats.unchanged, 1);
                     return Ok(());
                 }
                 // DEDUPLICATE=1: the first occurrence was shipped; repeats are left out.
@@ -233,9 +233,9 @@ impl Shipper {
                 _ => seen.offer(key, shipped),
             }
         }
-        Stats::add(&self.stats.shipped, 1);
+        Stats::add_shipper(&self.stats.shipped, 1);
         if cut && self.s.format != LineFormat::Raw {
-            Stats::add(&self.stats.truncated, 1);
+            Stats::add_shipper(&self.stats.truncated, 1);
         }
         let labels = ev.labels(&self.s.fields);
         let record = Some((key, occ.count, hash));
@@ -268,7 +268,7 @@ impl Shipper {
             LineFormat::Raw => {
                 let text = raw.unwrap_or("");
                 match crate::format::raw_line(text, &mut self.alt, self.s.max_line_bytes) {
-                    Ok(true) => Stats::add(&self.stats.truncated, 1),
+                    Ok(true) => Stats::add_shipper(&self.stats.truncated, 1),
                     Ok(false) => {}
                     // It parsed as an Event a moment ago (or the watcher did not keep the raw
                     // text, which it does in this format): ship the JSON line.
