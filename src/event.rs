@@ -1018,6 +1018,20 @@ mod tests {
 
     #[test]
     fn find_escape_finds_the_first_escape_from_any_start() {
+        // Both searches, from every start, against a byte-by-byte one.
+        let check = |bytes: &[u8]| {
+            for from in 0..=bytes.len() {
+                let want = (from..bytes.len())
+                    .find(|&i| matches!(bytes[i], 0..=0x1f | b'"' | b'\\'))
+                    .unwrap_or(bytes.len());
+                assert_eq!(find_escape(bytes, from), want, "{bytes:?} from {from}");
+                assert_eq!(
+                    find_escape_words(bytes, from),
+                    want,
+                    "{bytes:?} from {from}"
+                );
+            }
+        };
         // Raw bytes, not only UTF-8: every byte value at every position of short and
         // word-sized buffers, after a byte that needs escaping or not.
         for len in 1..=20usize {
@@ -1029,13 +1043,7 @@ mod tests {
                             bytes[pos - 1] = before;
                         }
                         bytes[pos] = b;
-                        for from in 0..=len {
-                            let want = (from..len)
-                                .find(|&i| matches!(bytes[i], 0..=0x1f | b'"' | b'\\'))
-                                .unwrap_or(len);
-                            assert_eq!(find_escape(&bytes, from), want, "{bytes:?} from {from}");
-                            assert_eq!(find_escape_words(&bytes, from), want, "{bytes:?}");
-                        }
+                        check(&bytes);
                     }
                 }
             }
@@ -1049,13 +1057,7 @@ mod tests {
                 ] {
                     let mut bytes = vec![b'a'; len];
                     bytes[pos] = b;
-                    for from in 0..=len {
-                        let want = (from..len)
-                            .find(|&i| matches!(bytes[i], 0..=0x1f | b'"' | b'\\'))
-                            .unwrap_or(len);
-                        assert_eq!(find_escape(&bytes, from), want, "{bytes:?} from {from}");
-                        assert_eq!(find_escape_words(&bytes, from), want, "{bytes:?}");
-                    }
+                    check(&bytes);
                 }
             }
         }
