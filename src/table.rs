@@ -332,7 +332,9 @@ pub fn prefetch(slots: Slots, key: u64) {
     if slots.len > 0 {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let home = ((mixed(key) as u128 * slots.len as u128) >> 64) as usize;
-        let at = slots.at.wrapping_add(home.wrapping_mul(std::mem::size_of::<Slot>()));
+        let at = slots
+            .at
+            .wrapping_add(home.wrapping_mul(std::mem::size_of::<Slot>()));
         // SAFETY: a prefetch is a hint: it never faults, reads nothing into the program and
         // writes nothing, whatever the address (here one that held the table's slots, which
         // may have been freed since).
