@@ -54,8 +54,8 @@ pub struct Shipper {
     s: Settings,
     /// The Unix time in seconds, as of the watcher's last read (`tick`): reading the clock
     /// for every event cost ~2 % of the storm's CPU (perf), and what it stamps (when an
-    /// occurrence was shipped, for `RETENTION`) needs no better than the time its frame
-    /// arrived.
+    /// occurrence was shipped, for `DEDUP_RETENTION_SECONDS`) needs no better than the time
+    /// its frame arrived.
     now: u64,
     last_prune: u64,
     /// Where the memory's table was at the last lookup, for prefetching without its lock.
