@@ -650,58 +650,38 @@ const NEEDS_ESCAPE: [bool; 256] = {
 };
 
 /// The index of the first byte at or after `from` that JSON escapes, or `bytes.len()`.
-/// With SSE2 (every x86_64 CPU) 16 bytes a step, the last 16 in one overlapping load:
-/// rendering both lines cost 2,847 instructions per event in the storm with only the
+/// 16 bytes a step with `scan.rs`'s `string_stops` (the bytes that end a plain run in a JSON
+/// string are exactly those JSON escapes; SSE2 on x86_64), the last 16 in one overlapping
+/// look: rendering both lines cost 2,847 instructions per event in the storm with only the
 /// eight-byte words of `find_escape_words`, 2,444 with this (callgrind). Fewer than 16 bytes
 /// go to the words.
 #[inline(always)]
 fn find_escape(bytes: &[u8], from: usize) -> usize {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    if bytes.len() >= 16 {
-        use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
-            _mm_or_si128, _mm_set1_epi8,
-        };
-        let n = bytes.len();
-        // SAFETY: SSE2 is enabled in this build (the cfg above). Every load reads 16 bytes
-        // at an offset `k` with `k + 16 <= n`: `i + 16 <= n` in the loop, and `n - 16`
-        // (`n >= 16`) after it.
-        unsafe {
-            let quote = _mm_set1_epi8(b'"' as i8);
-            let backslash = _mm_set1_epi8(b'\\' as i8);
-            let control = _mm_set1_epi8(0x1f);
-            // Bit k: byte k is a quote, a backslash, or at most 0x1f (unsigned).
-            let flags = |k: usize| {
-                let v: __m128i = _mm_loadu_si128(bytes.as_ptr().add(k).cast());
-                let low = _mm_cmpeq_epi8(_mm_min_epu8(v, control), v);
-                let marks = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
-                _mm_movemask_epi8(_mm_or_si128(low, marks)) as u32
-            };
-            let mut i = from;
-            while i + 16 <= n {
-                let m = flags(i);
-                if m != 0 {
-                    return i + m.trailing_zeros() as usize;
-                }
-                i += 16;
-            }
-            if i >= n {
-                return n;
-            }
-            // The last 16 bytes, without the flags of those before `i` (a shift by less
-            // than 16: `n - 16 < i`).
-            let m = flags(n - 16) >> (i - (n - 16));
-            return if m != 0 {
-                i + m.trailing_zeros() as usize
-            } else {
-                n
-            };
-        }
+    let n = bytes.len();
+    if n < 16 {
+        return find_escape_words(bytes, from);
     }
-    find_escape_words(bytes, from)
+    let stops = |c: &[u8]| crate::scan::string_stops(c.try_into().expect("16 bytes")).0;
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let m = stops(chunk);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    if i >= n {
+        return n;
+    }
+    // The last 16 bytes, without the stops of those before `i` (a shift by less than 16:
+    // `n - 16 < i`).
+    match stops(&bytes[n - 16..]) >> (i - (n - 16)) {
+        0 => n,
+        m => i + m.trailing_zeros() as usize,
+    }
 }
 
-/// `find_escape` eight bytes at a time (portable; on x86_64, for fewer than 16 bytes).
+/// `find_escape` eight bytes at a time, for fewer than 16 bytes.
 #[inline(always)]
 fn find_escape_words(bytes: &[u8], from: usize) -> usize {
     let n = bytes.len();

@@ -29,6 +29,10 @@ use crate::event::{Event, Series, Text};
 
 mod simd;
 
+/// For `event::find_escape`: the bytes that JSON escapes are those that end a plain run in a
+/// string.
+pub(crate) use simd::string_stops;
+
 /// Why a frame or object could not be read, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {

@@ -4,9 +4,13 @@
 //! hold both versions to a byte-by-byte reference.
 
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-pub(super) use sse2::{equal, quotes_backslashes, string_stops, structure};
+pub(crate) use sse2::string_stops;
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+pub(super) use sse2::{equal, quotes_backslashes, structure};
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-pub(super) use swar::{equal, quotes_backslashes, string_stops, structure};
+pub(crate) use swar::string_stops;
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+pub(super) use swar::{equal, quotes_backslashes, structure};
 
 /// The bytes of 64 that matter to a value stepped over (see `Reader::skip_nested`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +64,7 @@ mod sse2 {
     /// The bytes that end a plain run in a string (`"`, `\` and control characters, below
     /// 0x20), the bytes from 0x80, and the quotes.
     #[inline(always)]
-    pub(in crate::scan) fn string_stops(c: &[u8; 16]) -> (u32, u32, u32) {
+    pub(crate) fn string_stops(c: &[u8; 16]) -> (u32, u32, u32) {
         // SAFETY: SSE2 is enabled in this build (the cfg of the module); the load reads the
         // 16 bytes of `c` and has no alignment requirement.
         unsafe {
@@ -179,7 +183,7 @@ mod swar {
             .fold(0, |m, (k, w)| m | u64::from(bits(f(word(w)))) << (8 * k))
     }
 
-    pub(in crate::scan) fn string_stops(c: &[u8; 16]) -> (u32, u32, u32) {
+    pub(crate) fn string_stops(c: &[u8; 16]) -> (u32, u32, u32) {
         let stop = per_word(c, |v| eq(v, b'"') | eq(v, b'\\') | below(v, 0x20));
         (
             stop as u32,
