@@ -611,18 +611,44 @@ pub fn json_text(body: &[u8]) -> Result<Vec<u8>, String> {
 pub fn to_json(proto: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = String::with_capacity(proto.len() + proto.len() / 4);
     out.push_str("{\"streams\":[");
-    let mut first = true;
-    for field in Fields::new(proto) {
-        if let (1, Value::Bytes(stream)) = field? {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            stream_json(stream, &mut out)?;
-        }
-    }
+    json_list(proto, 1, &mut out, stream_json)?;
     out.push_str("]}");
     Ok(out.into_bytes())
+}
+
+/// The fields numbered `tag` of `msg` (embedded messages), each written by `item`, separated
+/// by commas.
+fn json_list(
+    msg: &[u8],
+    tag: u64,
+    out: &mut String,
+    item: fn(&[u8], &mut String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut first = true;
+    for field in Fields::new(msg) {
+        if let (t, Value::Bytes(b)) = field? {
+            if t == tag {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                item(b, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `"name":"value"` members, separated by commas (the inside of an object).
+fn json_members<'s>(pairs: impl Iterator<Item = (&'s str, &'s str)>, out: &mut String) {
+    for (i, (name, value)) in pairs.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(name, out);
+        out.push(':');
+        write_json_str(value, out);
+    }
 }
 
 fn stream_json(stream: &[u8], out: &mut String) -> Result<(), Error> {
@@ -637,28 +663,10 @@ fn stream_json(stream: &[u8], out: &mut String) -> Result<(), Error> {
         at: e.valid_up_to(),
         what: "labels are not UTF-8",
     })?;
-    let mut first = true;
-    for pair in parse_labels(labels)? {
-        let (name, value) = pair;
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        write_json_str(name, out);
-        out.push(':');
-        write_json_str(&value, out);
-    }
+    let labels = parse_labels(labels)?;
+    json_members(labels.iter().map(|(n, v)| (*n, v.as_str())), out);
     out.push_str("},\"values\":[");
-    let mut first = true;
-    for field in Fields::new(stream) {
-        if let (2, Value::Bytes(entry)) = field? {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            entry_json(entry, out)?;
-        }
-    }
+    json_list(stream, 2, out, entry_json)?;
     out.push_str("]}");
     Ok(())
 }
@@ -701,14 +709,7 @@ fn entry_json(entry: &[u8], out: &mut String) -> Result<(), Error> {
     write_json_str(line, out);
     if !meta.is_empty() {
         out.push_str(",{");
-        for (i, (name, value)) in meta.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_json_str(name, out);
-            out.push(':');
-            write_json_str(value, out);
-        }
+        json_members(meta.into_iter(), out);
         out.push('}');
     }
     out.push(']');
