@@ -38,12 +38,12 @@ pub struct Batch {
     records: String,
     /// The same records as numbers (`key, count, hash`), for the memory of shipped occurrences.
     list: Vec<(u64, i64, u64)>,
-    /// The records of a batch the pusher has committed, emptied (`Batch::give_records`): the
-    /// next batch's, so that sealing does not allocate them anew. In the static musl build a
+    /// The records of batches the pusher has committed, emptied (`Batch::give_records`): the
+    /// next batches', so that sealing does not allocate them anew. In the static musl build a
     /// fresh buffer of this size is a new mapping, faulted in page by page and unmapped
-    /// after the commit.
-    spare_records: String,
-    spare_list: Vec<(u64, i64, u64)>,
+    /// after the commit. Up to `RECORD_SPARES` of each.
+    spare_records: Vec<String>,
+    spare_list: Vec<Vec<(u64, i64, u64)>>,
     /// Estimated size of the encoded body, for `BATCH_MAX_BYTES`.
     encoded_estimate: usize,
 }
@@ -57,6 +57,12 @@ struct Stream {
 }
 
 const NO_STREAM: u32 = u32::MAX;
+
+/// How many committed batches' record buffers are kept for the next ones: as many as can be
+/// sealed and not yet committed at once (the queue's two sealed batches and the one the
+/// pusher is spooling). With one, a storm still allocated fresh records for one batch in
+/// seven (strace).
+const RECORD_SPARES: usize = 3;
 
 const EMPTY_ENTRY: Entry = Entry {
     stream: 0,
@@ -135,21 +141,21 @@ impl Batch {
     }
 
     /// Takes back the records of a sealed batch once they are committed, emptied, for the
-    /// next batch to be sealed (one pair is kept).
+    /// next batches to be sealed (`RECORD_SPARES` pairs are kept).
     pub fn give_records(&mut self, mut records: String, mut list: Vec<(u64, i64, u64)>) {
-        if self.spare_records.capacity() == 0 {
+        if records.capacity() > 0 && self.spare_records.len() < RECORD_SPARES {
             records.clear();
-            self.spare_records = records;
+            self.spare_records.push(records);
         }
-        if self.spare_list.capacity() == 0 {
+        if list.capacity() > 0 && self.spare_list.len() < RECORD_SPARES {
             list.clear();
-            self.spare_list = list;
+            self.spare_list.push(list);
         }
     }
 
     /// Gives back the capacity the buffers do not use.
     pub fn shrink(&mut self) {
-        self.spare_records = String::new();
+        self.spare_records = Vec::new();
         self.spare_list = Vec::new();
         self.streams.shrink_to_fit();
         self.label_text.shrink_to_fit();
@@ -304,17 +310,17 @@ impl Batch {
             format: self.format,
             entries: self.entries.len(),
             records: {
-                let next = match std::mem::take(&mut self.spare_records) {
-                    s if s.capacity() > 0 => s,
-                    _ => String::with_capacity(self.records.len()),
-                };
+                let next = self
+                    .spare_records
+                    .pop()
+                    .unwrap_or_else(|| String::with_capacity(self.records.len()));
                 std::mem::replace(&mut self.records, next)
             },
             list: {
-                let next = match std::mem::take(&mut self.spare_list) {
-                    l if l.capacity() > 0 => l,
-                    _ => Vec::with_capacity(self.list.len()),
-                };
+                let next = self
+                    .spare_list
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(self.list.len()));
                 std::mem::replace(&mut self.list, next)
             },
             oldest,
@@ -503,6 +509,36 @@ mod tests {
         );
         assert_eq!(third.list, vec![(3, 1, 3)]);
         assert_eq!(third.records, "0000000000000003 1 0000000000000003\n");
+    }
+
+    /// Batches sealed while earlier ones wait for their commit: each committed one's buffers
+    /// are kept, up to `RECORD_SPARES`, and the batches after them are filled in those.
+    #[test]
+    fn records_of_several_committed_batches_are_kept() {
+        let mut b = Batch::default();
+        let seal = |b: &mut Batch, key: u64| {
+            b.push(labels("a", "Pod", "Normal"), 1, Line::Plain("l"), None);
+            b.record(key, 1, key);
+            b.seal(&schema(vec![]), Vec::new())
+        };
+        let sealed: Vec<Sealed> = (1..=RECORD_SPARES as u64 + 2)
+            .map(|k| seal(&mut b, k))
+            .collect();
+        let mut kept = Vec::new();
+        for s in sealed {
+            kept.push(s.records.as_ptr());
+            b.give_records(s.records, s.list);
+        }
+        assert_eq!(b.spare_records.len(), RECORD_SPARES);
+        assert_eq!(b.spare_list.len(), RECORD_SPARES);
+        // The batch being filled is in a fresh buffer; the ones after it take the spares.
+        seal(&mut b, 10);
+        for k in 0..RECORD_SPARES as u64 {
+            let s = seal(&mut b, 11 + k);
+            assert!(kept.contains(&s.records.as_ptr()), "batch {k}");
+            assert_eq!(s.list, vec![(11 + k, 1, 11 + k)]);
+        }
+        assert!(b.spare_records.is_empty());
     }
 
     #[test]
