@@ -286,11 +286,15 @@ impl Pusher {
 
     /// Drops the oldest batches until `extra` more bytes fit under `SPOOL_MAX_BYTES`.
     fn make_room(&mut self, extra: u64) {
+        // The files kept for reuse count: they go first.
+        if self.spool_bytes + self.store.free_bytes() + extra > self.spool_max {
+            self.store.drop_free();
+        }
         while self.spool_bytes + extra > self.spool_max && !self.backlog.is_empty() {
             let Some(item) = self.backlog.pop_front() else {
                 break;
             };
-            self.forget_item(&item);
+            self.forget_item(&item, false);
             self.mark_safe(item.seq);
             Stats::add(&self.stats.dropped_spool_full, item.entries as u64);
             error!(
@@ -493,7 +497,7 @@ impl Pusher {
     fn done(&mut self, seq: u64) {
         if let Some(mut item) = self.backlog.pop_front() {
             debug_assert_eq!(item.seq, seq);
-            self.forget_item(&item);
+            self.forget_item(&item, true);
             self.recycle(item.body.take(), item.encoding);
         }
         self.mark_safe(seq);
@@ -514,11 +518,16 @@ impl Pusher {
         }
     }
 
-    /// A batch leaves the backlog: its spool file and cached body go.
-    fn forget_item(&mut self, item: &Item) {
+    /// A batch leaves the backlog: its spool file and cached body go. `reuse`: the file may
+    /// be kept for a later batch to be written into (`Store::reuse_batch`).
+    fn forget_item(&mut self, item: &Item, reuse: bool) {
         self.spool_bytes -= item.bytes;
         if item.spooled {
-            self.store.remove_batch(item.seq);
+            if reuse {
+                self.store.reuse_batch(item.seq, item.bytes);
+            } else {
+                self.store.remove_batch(item.seq);
+            }
             if let Some(b) = &item.body {
                 self.cached -= b.capacity();
             }
@@ -528,6 +537,7 @@ impl Pusher {
     /// At shutdown: says what is left, and where.
     fn finish(&mut self) {
         self.commit();
+        self.store.drop_free();
         if let Err(e) = self.store.checkpoint() {
             warn!("cannot write the checkpoint: {e}; the next start replays the journal");
         }
