@@ -360,9 +360,17 @@ impl Batch {
         let mut sealer = Sealer::new();
         let (mut oldest, mut newest) = (i64::MAX, i64::MIN);
         let mut current = NO_STREAM;
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             if e.stream != current {
                 current = e.stream;
+                // The stream's entries follow: their lines and metadata, ~24 bytes each of
+                // protobuf around them (entry, timestamp, line), and its labels.
+                let size: usize = self.entries[i..]
+                    .iter()
+                    .take_while(|n| n.stream == current)
+                    .map(|n| n.end - n.start + 24)
+                    .sum::<usize>()
+                    + 256;
                 let stream = &self.streams[current as usize];
                 let value = |i: usize| -> &str {
                     match i {
@@ -379,7 +387,7 @@ impl Batch {
                     .iter()
                     .filter(|&&i| i == 0 || !value(i).is_empty())
                     .map(|&i| (name(i), value(i)));
-                sealer.stream(&mut out, labels);
+                sealer.stream(&mut out, labels, size);
             }
             oldest = oldest.min(e.nanos);
             newest = newest.max(e.nanos);
