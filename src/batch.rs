@@ -495,15 +495,17 @@ mod tests {
         }
     }
 
+    /// One entry with the record `key 1 key`, sealed.
+    fn seal(b: &mut Batch, key: u64) -> Sealed {
+        b.push(labels("a", "Pod", "Normal"), 1, Line::Plain("l"), None);
+        b.record(key, 1, key);
+        b.seal(&schema(vec![]), Vec::new())
+    }
+
     /// Records given back after their commit are the buffers of a later batch, emptied.
     #[test]
     fn committed_records_are_reused_by_a_later_batch() {
         let mut b = Batch::default();
-        let seal = |b: &mut Batch, key: u64| {
-            b.push(labels("a", "Pod", "Normal"), 1, Line::Plain("l"), None);
-            b.record(key, 1, key);
-            b.seal(&schema(vec![]), Vec::new())
-        };
         let first = seal(&mut b, 1);
         let (text, numbers) = (first.records.as_ptr(), first.list.as_ptr());
         b.give_records(first.records, first.list);
@@ -524,11 +526,6 @@ mod tests {
     #[test]
     fn records_of_several_committed_batches_are_kept() {
         let mut b = Batch::default();
-        let seal = |b: &mut Batch, key: u64| {
-            b.push(labels("a", "Pod", "Normal"), 1, Line::Plain("l"), None);
-            b.record(key, 1, key);
-            b.seal(&schema(vec![]), Vec::new())
-        };
         let sealed: Vec<Sealed> = (1..=RECORD_SPARES as u64 + 2)
             .map(|k| seal(&mut b, k))
             .collect();
