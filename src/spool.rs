@@ -72,14 +72,14 @@ impl Shipped {
     }
 }
 
-/// Events remembered by the 64-bit hash of their uid (`uid_key`), not the uid itself:
-/// 8 bytes instead of 36 plus a heap allocation. Two uids colliding in 64 bits is about one
-/// chance in 10^7 for a million events in the retention window, and costs at most a
-/// re-shipped or skipped repeat of one of the two.
 /// The capacity of `Memory::pending` kept when it drains while events flow: a storm's few
 /// batches in flight (~1.6 MB at 25 bytes an entry).
 const PENDING_KEPT: usize = 1 << 16;
 
+/// Events remembered by the 64-bit hash of their uid (`uid_key`), not the uid itself:
+/// 8 bytes instead of 36 plus a heap allocation. Two uids colliding in 64 bits is about one
+/// chance in 10^7 for a million events in the retention window, and costs at most a
+/// re-shipped or skipped repeat of one of the two.
 pub type ShippedMap = HashMap<u64, Shipped, BuildHasherDefault<crate::hash::KeyHasher>>;
 pub use crate::table::Table;
 
@@ -405,7 +405,10 @@ impl Store {
         let len = (header.len() + body.len()) as u64;
         // A pushed batch's file, if one is kept (and still there), is written over where it
         // is (a `.free`) and its old bytes past `len` are cut off before the fsync; else a new
-        // `.tmp`. A crash before the rename leaves either, which the next start deletes.
+        // `.tmp`. A crash before the rename leaves either, which the next start deletes. The
+        // directory is fsynced before a kept file is written over: a crash must not find the
+        // new bytes under the pushed batch's old `.batch` name (a file moved aside as damaged,
+        // with a warning, though nothing was lost).
         let reused = self.free.pop().and_then(|(free, _)| {
             let f = OpenOptions::new().write(true).open(&free).ok()?;
             Some((free, f))
@@ -417,7 +420,10 @@ impl Store {
         let written_over = kept.is_some();
         let write = |f: Option<File>| -> io::Result<()> {
             let mut f = match f {
-                Some(f) => f,
+                Some(f) => {
+                    sync_dir(&self.spool_dir)?;
+                    f
+                }
                 None => File::create(&tmp)?,
             };
             f.write_all(header.as_bytes())?;
