@@ -21,6 +21,16 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i64> {
 /// Parses RFC 3339 into seconds since the Unix epoch and nanoseconds, for any year from
 /// 1970 to 9999 (credential expiry times like `2999-01-01T00:00:00Z` are real).
 pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    if let Ok(utc) = <&[u8; 20]>::try_from(s.as_bytes()) {
+        if let Some(secs) = parse_utc_seconds(utc) {
+            return Some((secs, 0));
+        }
+    }
+    parse_rfc3339_any(s)
+}
+
+/// `parse_rfc3339` for every shape RFC 3339 allows.
+fn parse_rfc3339_any(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -82,6 +92,38 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
         return None;
     }
     Some((secs, frac_nanos as u32))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, the shape of nearly every time the API server writes (its
+/// `metav1.Time`), checked and read without a branch per character: the seconds since the
+/// epoch, or `None` for anything `parse_rfc3339` would refuse or reads another way (it then
+/// decides). The general path took ~240 instructions per event in the storm.
+fn parse_utc_seconds(b: &[u8; 20]) -> Option<i64> {
+    const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    let d = DIGITS.map(|i| b[i].wrapping_sub(b'0'));
+    // Every digit place below 10, and the separators, all looked at before one branch.
+    let bad = d.iter().fold(0u8, |acc, &v| acc | u8::from(v > 9))
+        | u8::from(b[4] != b'-')
+        | u8::from(b[7] != b'-')
+        | u8::from(b[10] != b'T')
+        | u8::from(b[13] != b':')
+        | u8::from(b[16] != b':')
+        | u8::from(b[19] != b'Z');
+    if bad != 0 {
+        return None;
+    }
+    let two = |i: usize| i64::from(d[i]) * 10 + i64::from(d[i + 1]);
+    let year = two(0) * 100 + two(2);
+    let (month, day) = (two(4), two(6));
+    let (hour, min, sec) = (two(8), two(10), two(12));
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec;
+    (secs >= 0).then_some(secs)
 }
 
 /// Formats Unix nanoseconds as RFC 3339 in UTC with as many fractional digits as needed
@@ -163,6 +205,60 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `Z` fast path reads exactly what the general parser reads, and leaves it what
+    /// it does not take: every day from 1969 to 2401 (leap years, month ends) at assorted
+    /// times, and each character of a few times replaced by each byte that matters.
+    #[test]
+    fn the_utc_fast_path_agrees_with_the_general_parser() {
+        let check = |s: &str| {
+            let general = parse_rfc3339_any(s);
+            if let Ok(b) = <&[u8; 20]>::try_from(s.as_bytes()) {
+                if let Some(secs) = parse_utc_seconds(b) {
+                    assert_eq!(Some((secs, 0)), general, "{s}");
+                }
+            }
+            assert_eq!(parse_rfc3339(s), general, "{s}");
+        };
+        let mut day = days_from_civil(1969, 1, 1);
+        let mut n = 0u64;
+        while day < days_from_civil(2401, 1, 1) {
+            let secs = day * 86_400 + (n * 7919 % 86_400) as i64;
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            let r = secs.rem_euclid(86_400);
+            let s = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+                r / 3600,
+                r % 3600 / 60,
+                r % 60
+            );
+            check(&s);
+            if y >= 1970 {
+                assert_eq!(parse_rfc3339(&s), Some((secs, 0)), "{s}");
+            }
+            day += 1;
+            n += 1;
+        }
+        for base in [
+            "2024-02-29T23:59:60Z",
+            "2023-12-31T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            for i in 0..base.len() {
+                for c in [
+                    b'0', b'1', b'2', b'3', b'5', b'9', b'/', b':', b'-', b'T', b't', b'Z', b'z',
+                    b' ', b'a', 0x80,
+                ] {
+                    let mut v = base.as_bytes().to_vec();
+                    v[i] = c;
+                    if let Ok(s) = std::str::from_utf8(&v) {
+                        check(s);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_the_api_server_formats() {
