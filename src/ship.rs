@@ -218,7 +218,7 @@ impl Shipper {
         let now = self.now;
         let shipped = Shipped::new(occ.count, hash, now);
         {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = crate::spool::lock(&self.seen);
             self.slots = seen.committed.where_();
             match seen.get(key) {
                 Some(s) if s.covers(&shipped) => {
@@ -315,7 +315,7 @@ impl Shipper {
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        crate::spool::lock(&self.seen)
     }
 
     fn prune(&mut self, now: u64) {

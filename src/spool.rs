@@ -697,7 +697,9 @@ fn apply_records(records: &str, at: u64, mut put: impl FnMut(u64, Shipped)) {
     }
 }
 
-fn lock(memory: &SharedMemory) -> std::sync::MutexGuard<'_, Memory> {
+/// The memory, locked, also when a panic elsewhere poisoned the lock (the Shipper and the
+/// Store both take it so).
+pub(crate) fn lock(memory: &SharedMemory) -> std::sync::MutexGuard<'_, Memory> {
     memory.lock().unwrap_or_else(|e| e.into_inner())
 }
 

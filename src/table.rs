@@ -209,7 +209,7 @@ impl Table {
     }
 
     fn home(&self, key: u64) -> usize {
-        ((key as u128 * self.slots.len() as u128) >> 64) as usize
+        home(key, self.slots.len())
     }
 
     /// How far slot `i` is from the home of the key in it.
@@ -316,8 +316,6 @@ impl std::fmt::Debug for Table {
     }
 }
 
-/// What a slot holds for `key`: `mix(key)`, 0 for an empty slot. `mix(0)` is 0, so the key 0
-/// (one chance in 2^64: keys are hashes) shares the key 1's slot.
 /// Where a table's slots were (`Table::where_`): an address and a length, not a borrow. The
 /// table may have moved since; a prefetch of where it was is only a wasted hint.
 #[derive(Clone, Copy, Default)]
@@ -331,10 +329,9 @@ pub fn prefetch(slots: Slots, key: u64) {
     #[cfg(target_arch = "x86_64")]
     if slots.len > 0 {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let home = ((mixed(key) as u128 * slots.len as u128) >> 64) as usize;
         let at = slots
             .at
-            .wrapping_add(home.wrapping_mul(std::mem::size_of::<Slot>()));
+            .wrapping_add(home(mixed(key), slots.len).wrapping_mul(std::mem::size_of::<Slot>()));
         // SAFETY: a prefetch is a hint: it never faults, reads nothing into the program and
         // writes nothing, whatever the address (here one that held the table's slots, which
         // may have been freed since).
@@ -347,6 +344,14 @@ pub fn prefetch(slots: Slots, key: u64) {
     let _ = (slots, key);
 }
 
+/// The slot where a table of `len` slots starts looking for the key held as `key` (`mixed`):
+/// its place scaled from the 64-bit range to the table's.
+fn home(key: u64, len: usize) -> usize {
+    ((key as u128 * len as u128) >> 64) as usize
+}
+
+/// What a slot holds for `key`: `mix(key)`, 0 for an empty slot. `mix(0)` is 0, so the key 0
+/// (one chance in 2^64: keys are hashes) shares the key 1's slot.
 fn mixed(key: u64) -> u64 {
     mix(key.max(1))
 }
@@ -367,6 +372,9 @@ fn minute_floor(secs: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
     /// A prefetch is only a hint: where a table was (freed since), nowhere, or the top of the
     /// address space, it neither faults nor changes anything.
     #[test]
@@ -391,9 +399,6 @@ mod tests {
             prefetch(Slots::default(), key);
         }
     }
-
-    use super::*;
-    use std::collections::HashMap;
 
     fn s(count: u16, hash: u32, at: u32) -> Shipped {
         Shipped { hash, count, at }

@@ -44,12 +44,7 @@ fn parse_rfc3339_any(s: &str) -> Option<(i64, u32)> {
     let hour = digits(&b[11..13])? as i64;
     let min = digits(&b[14..16])? as i64;
     let sec = digits(&b[17..19])? as i64;
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    if hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
+    let local = civil_seconds(year, month, day, hour, min, sec)?;
     let mut i = 19;
     let mut frac_nanos: i64 = 0;
     if b.get(i) == Some(&b'.') {
@@ -86,12 +81,23 @@ fn parse_rfc3339_any(s: &str) -> Option<(i64, u32)> {
         }
         _ => return None,
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
+    let secs = local - offset_secs;
     if secs < 0 {
         return None;
     }
     Some((secs, frac_nanos as u32))
+}
+
+/// The seconds since the epoch of a date and a time of day, or `None` when a month, day,
+/// hour, minute or second is out of range (a leap second, `:60`, is taken).
+fn civil_seconds(year: i64, month: i64, day: i64, hour: i64, min: i64, sec: i64) -> Option<i64> {
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, the shape of nearly every time the API server writes (its
@@ -113,16 +119,14 @@ fn parse_utc_seconds(b: &[u8; 20]) -> Option<i64> {
         return None;
     }
     let two = |i: usize| i64::from(d[i]) * 10 + i64::from(d[i + 1]);
-    let year = two(0) * 100 + two(2);
-    let (month, day) = (two(4), two(6));
-    let (hour, min, sec) = (two(8), two(10), two(12));
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    if hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec;
+    let secs = civil_seconds(
+        two(0) * 100 + two(2),
+        two(4),
+        two(6),
+        two(8),
+        two(10),
+        two(12),
+    )?;
     (secs >= 0).then_some(secs)
 }
 
