@@ -1213,7 +1213,8 @@ mod tests {
                 for i in 0..n {
                     s.entry(out, i as i64, &line, None).unwrap();
                 }
-                s.stream(out, [("job", "k")].into_iter(), stream_room(65 * n));
+                // A one-entry stream after it, with a hint of about its size.
+                s.stream(out, [("job", "k")].into_iter(), 32);
                 s.entry(out, 7, b"last", None).unwrap();
                 s.finish(out);
             }
