@@ -262,8 +262,8 @@ impl<'a> Event<'a> {
     }
 
     /// `write_line` into `plain` and `write_line_nested` into `nested`, in one pass: for a
-    /// protobuf batch, which holds the line as it is, while the memory of shipped occurrences
-    /// hashes the nested form. Escaping a rendered line whole instead cost ~8,700
+    /// JSON batch, which holds the nested form, while the memory of shipped occurrences
+    /// fingerprints the plain one. Escaping a rendered line whole instead cost ~8,700
     /// instructions per event (an escape every few bytes); rendering both forms side by side
     /// escapes only the values.
     pub fn write_line_both(

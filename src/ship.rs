@@ -198,13 +198,14 @@ impl Shipper {
         // the last lookup: taking the memory's lock for it cost more than the miss.
         let key = uid_key(ev.uid());
         crate::table::prefetch(self.slots, key);
-        // The line as a JSON push body holds it (escaped once more); its hash is what the
-        // memory of shipped occurrences compares, whatever the output format. A protobuf batch
-        // (LOKI_COMPRESSION=snappy) holds the line as it is: both are rendered, side by side.
-        let protobuf = matches!(&self.output, Output::Loki(q) if q.format() == Format::Protobuf)
+        // The JSON line's fingerprint is what the memory of shipped occurrences compares,
+        // whatever the output format. A JSON push body (LOKI_COMPRESSION=gzip or none) holds
+        // the line escaped once more: both forms are rendered, side by side. A protobuf batch
+        // (snappy, the default) and the other outputs take the line as it is.
+        let nested = matches!(&self.output, Output::Loki(q) if q.format() == Format::Json)
             && self.s.format == LineFormat::Json
             && !self.s.detailed;
-        let cut = if protobuf {
+        let cut = if nested {
             ev.write_line_both(
                 &occ,
                 &mut self.line,
@@ -212,9 +213,9 @@ impl Shipper {
                 self.s.max_line_bytes,
             )
         } else {
-            ev.write_line_nested(&occ, &mut self.nested, self.s.max_line_bytes)
+            ev.write_line(&occ, &mut self.line, self.s.max_line_bytes)
         };
-        let hash = crate::hash::hash64(0, self.nested.as_bytes());
+        let hash = crate::hash::fingerprint(self.line.as_bytes());
         let now = self.now;
         let shipped = Shipped::new(occ.count, hash, now);
         {
@@ -247,10 +248,10 @@ impl Shipper {
                 ev.write_metadata(&mut self.meta);
                 self.meta.as_str()
             });
-            let line = if protobuf {
-                Line::Plain(&self.line)
-            } else {
+            let line = if nested {
                 Line::Nested(&self.nested)
+            } else {
+                Line::Plain(&self.line)
             };
             q.append(labels, occ.nanos, line, meta, record);
             if now.abs_diff(self.last_prune) >= PRUNE_EVERY_SECS {
@@ -258,7 +259,6 @@ impl Shipper {
             }
             return Ok(());
         }
-        ev.write_line(&occ, &mut self.line, self.s.max_line_bytes);
         let line = match self.s.format {
             LineFormat::Json => &self.line,
             LineFormat::Logfmt => {

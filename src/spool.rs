@@ -28,11 +28,18 @@ use crate::hash::hash64;
 use crate::loki::Encoding;
 use crate::time::now_secs;
 
-/// Version 2: the checksum chains `hash64` over the lines, so a checkpoint is written as it
-/// is produced instead of first as one big string. Version 1 (one hash of the whole text) is
-/// still read.
-const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 2";
+/// Version 3: the records' fingerprints are `hash::fingerprint` of the plain line, as the
+/// journal's `F` blocks. Version 2 (the checksum chains `hash64` over the lines, so a
+/// checkpoint is written as it is produced) and version 1 (one hash of the whole text) held
+/// `hash64` of the line escaped once more, which nothing renders any more: they are still
+/// read, as counts without a fingerprint (`Shipped::legacy`).
+const CHECKPOINT_MAGIC: &str = "KUBE-EVENT CHECKPOINT 3";
+const CHECKPOINT_MAGIC_V2: &str = "KUBE-EVENT CHECKPOINT 2";
 const CHECKPOINT_MAGIC_V1: &str = "KUBE-EVENT CHECKPOINT 1";
+/// A journal block's first word: `F` (records with `hash::fingerprint`s), or `B`, as
+/// kube-event wrote it before (`hash64`s of the escaped line, read as `Shipped::legacy`).
+const BLOCK_TAG: &str = "F";
+const BLOCK_TAG_LEGACY: &str = "B";
 /// Version 2 adds the body's encoding (`json`, `gzip` or `snappy`, `loki::Encoding`) at the
 /// end of the header. Version 1 files (JSON bodies) are still read.
 const BATCH_MAGIC: &str = "KUBE-EVENT BATCH 2";
@@ -51,12 +58,40 @@ pub struct Shipped {
     pub at: u32,
 }
 
+/// The fingerprint of a `Shipped` read from a journal or checkpoint that an older kube-event
+/// wrote (`Shipped::legacy`). `Shipped::new` never makes it.
+pub const NO_FINGERPRINT: u32 = 0;
+
 impl Shipped {
+    /// `hash`: the line's `hash::fingerprint` (its low 32 bits are kept, and 0 is taken as
+    /// 1, `NO_FINGERPRINT` being reserved).
     pub fn new(count: i64, hash: u64, at: u64) -> Shipped {
         Shipped {
-            hash: hash as u32,
+            hash: (hash as u32).max(1),
             count: count.clamp(0, u16::MAX as i64) as u16,
             at: at.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// An occurrence as a journal or checkpoint of an older kube-event recorded it: its
+    /// fingerprint was a hash of the line escaped once more, which is no longer computed,
+    /// so only its count is known.
+    pub fn legacy(count: i64, at: u64) -> Shipped {
+        Shipped {
+            hash: NO_FINGERPRINT,
+            ..Shipped::new(count, 1, at)
+        }
+    }
+
+    /// A record read from a journal or checkpoint: `legacy` when an older kube-event wrote
+    /// it. A checkpoint holds what the memory holds, `NO_FINGERPRINT` included, so a hash
+    /// whose low 32 bits are 0 is read as no fingerprint too. (A line's own fingerprint has
+    /// them 0 once in 4.3 billion: it is then compared by its count, as after an upgrade.)
+    fn read(count: i64, hash: u64, at: u64, legacy: bool) -> Shipped {
+        if legacy || hash as u32 == NO_FINGERPRINT {
+            Shipped::legacy(count, at)
+        } else {
+            Shipped::new(count, hash, at)
         }
     }
 
@@ -67,8 +102,13 @@ impl Shipped {
     /// The count guards the 32-bit fingerprint: a new occurrence nearly always has a higher
     /// count, so two different lines are taken for the same only if the count stayed the same
     /// (or is past 65,535) and their fingerprints collide, one chance in 4.3 billion.
+    ///
+    /// Remembered without a fingerprint (`legacy`, the first `DEDUP_RETENTION_SECONDS` after
+    /// an upgrade), the same count is taken as the same occurrence: a new occurrence raises
+    /// the count, and a relist after the upgrade must not ship every event again.
     pub fn covers(&self, new: &Shipped) -> bool {
-        new.count < self.count || (new.count == self.count && new.hash == self.hash)
+        new.count < self.count
+            || (new.count == self.count && (new.hash == self.hash || self.hash == NO_FINGERPRINT))
     }
 }
 
@@ -554,7 +594,7 @@ impl Store {
         let at = now_secs();
         let block = &mut self.block;
         block.clear();
-        let _ = writeln!(block, "B {seq} {n} {at} {}", json_str(rv));
+        let _ = writeln!(block, "{BLOCK_TAG} {seq} {n} {at} {}", json_str(rv));
         block.push_str(records);
         let sum = hash64(0, block.as_bytes());
         let _ = writeln!(block, "E {sum:016x}");
@@ -678,8 +718,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Applies `key count hash` lines (the key: `uid_key` in hex); malformed lines were excluded
-/// by the checksum.
-fn apply_records(records: &str, at: u64, mut put: impl FnMut(u64, Shipped)) {
+/// by the checksum. `legacy`: the hashes are an older kube-event's (`Shipped::legacy`).
+fn apply_records(records: &str, at: u64, legacy: bool, mut put: impl FnMut(u64, Shipped)) {
     for line in records.lines() {
         let mut parts = line.split(' ');
         let (Some(key), Some(count), Some(hash)) = (parts.next(), parts.next(), parts.next())
@@ -693,7 +733,7 @@ fn apply_records(records: &str, at: u64, mut put: impl FnMut(u64, Shipped)) {
         ) else {
             continue;
         };
-        put(key, Shipped::new(count, hash, at));
+        put(key, Shipped::read(count, hash, at, legacy));
     }
 }
 
@@ -714,8 +754,8 @@ fn replay_journal(
     let mut pos = 0;
     while pos < bytes.len() {
         match parse_block(&bytes[pos..]) {
-            Ok((len, seq, at, block_rv, records)) => {
-                apply_records(records, at, |key, s| {
+            Ok((len, seq, at, block_rv, records, legacy)) => {
+                apply_records(records, at, legacy, |key, s| {
                     shipped.insert(key, s);
                 });
                 if !block_rv.is_empty() {
@@ -730,17 +770,20 @@ fn replay_journal(
     (pos, String::new())
 }
 
-/// One journal block: `B seq n at rv\n` + n record lines + `E checksum\n`.
-fn parse_block(bytes: &[u8]) -> Result<(usize, u64, u64, String, &str), String> {
+/// One journal block: `F seq n at rv\n` (`B` for an older kube-event's, whose records are
+/// legacy, the last value) + n record lines + `E checksum\n`.
+fn parse_block(bytes: &[u8]) -> Result<(usize, u64, u64, String, &str, bool), String> {
     let text_end = bytes
         .iter()
         .position(|&b| b == b'\n')
         .ok_or("torn block header")?;
     let header = std::str::from_utf8(&bytes[..text_end]).map_err(|_| "header is not UTF-8")?;
     let mut parts = header.splitn(5, ' ');
-    if parts.next() != Some("B") {
-        return Err("not a block header".into());
-    }
+    let legacy = match parts.next() {
+        Some(BLOCK_TAG) => false,
+        Some(BLOCK_TAG_LEGACY) => true,
+        _ => return Err("not a block header".into()),
+    };
     let seq: u64 = num(parts.next())?;
     let n: usize = num(parts.next())?;
     let at: u64 = num(parts.next())?;
@@ -768,7 +811,7 @@ fn parse_block(bytes: &[u8]) -> Result<(usize, u64, u64, String, &str), String> 
     if hash64(0, &bytes[..pos]) != sum {
         return Err("checksum mismatch".into());
     }
-    Ok((pos + end + 1, seq, at, rv, records))
+    Ok((pos + end + 1, seq, at, rv, records, legacy))
 }
 
 fn num<T: std::str::FromStr>(s: Option<&str>) -> Result<T, String> {
@@ -799,10 +842,12 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, Table), String> {
         .next()
         .and_then(|l| {
             l.strip_prefix(CHECKPOINT_MAGIC)
+                .or_else(|| l.strip_prefix(CHECKPOINT_MAGIC_V2))
                 .or_else(|| l.strip_prefix(CHECKPOINT_MAGIC_V1))
         })
         .and_then(|g| g.trim().parse().ok())
         .ok_or("not a kube-event checkpoint")?;
+    let legacy = !body.starts_with(CHECKPOINT_MAGIC);
     let rv: String = lines
         .next()
         .and_then(|l| l.strip_prefix("R "))
@@ -821,11 +866,10 @@ fn parse_checkpoint(bytes: &[u8]) -> Result<(u64, String, Table), String> {
             return Err(format!("bad record {line:?}"));
         }
         let key = u64::from_str_radix(p[0], 16).map_err(|_| "bad key")?;
-        let s = Shipped::new(
-            p[1].parse().map_err(|_| "bad count")?,
-            u64::from_str_radix(p[2], 16).map_err(|_| "bad hash")?,
-            p[3].parse().map_err(|_| "bad time")?,
-        );
+        let count = p[1].parse().map_err(|_| "bad count")?;
+        let hash = u64::from_str_radix(p[2], 16).map_err(|_| "bad hash")?;
+        let at = p[3].parse().map_err(|_| "bad time")?;
+        let s = Shipped::read(count, hash, at, legacy);
         shipped.insert(key, s);
     }
     Ok((gen, rv, shipped))
@@ -995,7 +1039,7 @@ mod tests {
     /// Commits journal text, parsing the numbers out of it (the pusher has both).
     fn commit_text(s: &mut Store, seq: u64, records: &str, rv: &str) -> io::Result<()> {
         let mut list = Vec::new();
-        apply_records(records, 0, |key, r| {
+        apply_records(records, 0, false, |key, r| {
             list.push((key, i64::from(r.count), u64::from(r.hash)))
         });
         s.commit(seq, records, &list, rv)
@@ -1226,16 +1270,65 @@ mod tests {
         fs::write(dir.join("checkpoint"), format!("{body}E {sum:016x}\n")).unwrap();
         let (_, r) = Store::open(&dir, 7200).unwrap();
         assert_eq!(r.rv.as_deref(), Some("42"));
-        assert_eq!(
-            lock(&r.memory).committed.get(uid_key("a")).unwrap().hash,
-            99
-        );
+        // Its hash is of the line escaped once more: the count is what is known.
+        let known = lock(&r.memory).committed.get(uid_key("a")).unwrap();
+        assert_eq!((known.count, known.hash), (2, NO_FINGERPRINT));
         assert!(!dir.join("damaged").exists());
     }
 
-    /// Journals hold the line's full 64-bit hash, and checkpoints written before the compact
-    /// memory did too; the memory keeps 32 bits of it and a count up to 65,535. What they
-    /// recorded still covers the same occurrence after an upgrade, and only that.
+    /// Checkpoints (versions 1 and 2) and journal blocks (`B`) of a kube-event before format
+    /// 3 hold hashes of the line escaped once more. After an upgrade, what they recorded
+    /// still covers the same occurrence, whatever its new fingerprint, and no newer one; and
+    /// written into a new checkpoint it stays a count without a fingerprint.
+    #[test]
+    fn an_older_kube_event_state_covers_by_count_after_an_upgrade() {
+        let t = TempDir::new("spool-legacy");
+        let dir = t.join("data");
+        fs::create_dir_all(&dir).unwrap();
+        let now = now_secs();
+        let old = 0xfeed_face_dead_beef_u64;
+        let lines = [
+            format!("{CHECKPOINT_MAGIC_V2} 1\n"),
+            "R \"1\"\n".to_string(),
+            format!("{:016x} 5 {old:016x} {now}\n", uid_key("a")),
+        ];
+        let sum = lines.iter().fold(0, |h, l| hash64(h, l.as_bytes()));
+        fs::write(
+            dir.join("checkpoint"),
+            format!("{}E {sum:016x}\n", lines.concat()),
+        )
+        .unwrap();
+        // A journal block as the build before wrote it.
+        let block = format!("B 1 1 {now} \"2\"\n{}", rec("b", 3, old));
+        let sum = hash64(0, block.as_bytes());
+        fs::write(dir.join("journal-1"), format!("{block}E {sum:016x}\n")).unwrap();
+        let check = |m: &Memory| {
+            for (uid, count) in [("a", 5), ("b", 3)] {
+                let known = m.get(uid_key(uid)).unwrap();
+                assert_eq!(known.hash, NO_FINGERPRINT, "{uid}");
+                let line = crate::hash::fingerprint(uid.as_bytes());
+                assert!(known.covers(&Shipped::new(count, line, now)), "{uid}");
+                assert!(known.covers(&Shipped::new(count - 1, line, now)), "{uid}");
+                assert!(!known.covers(&Shipped::new(count + 1, line, now)), "{uid}");
+            }
+        };
+        {
+            let (mut s, r) = Store::open(&dir, 7200).unwrap();
+            assert_eq!(r.rv.as_deref(), Some("2"));
+            check(&lock(&r.memory));
+            s.checkpoint().unwrap();
+        }
+        let text = fs::read_to_string(dir.join("checkpoint")).unwrap();
+        assert!(text.starts_with(CHECKPOINT_MAGIC), "{text}");
+        let (_s, r) = Store::open(&dir, 7200).unwrap();
+        check(&lock(&r.memory));
+        assert!(!dir.join("damaged").exists());
+    }
+
+    /// Journals hold the line's full 64-bit fingerprint, and so may checkpoints (as those
+    /// written before the compact memory did); the memory keeps 32 bits of it and a count
+    /// up to 65,535. What they recorded still covers the same occurrence after a restart,
+    /// and only that.
     #[test]
     fn full_hashes_on_disk_still_say_what_was_shipped() {
         let t = TempDir::new("spool-full-hashes");
@@ -1243,8 +1336,8 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let now = now_secs();
         let full = 0xfeed_face_dead_beef_u64;
-        // A checkpoint as the build before wrote it (version 2, 64-bit hashes), then a
-        // journal block of the same generation.
+        // A checkpoint with a 64-bit fingerprint, then a journal block of the same
+        // generation.
         let lines = [
             format!("{CHECKPOINT_MAGIC} 1\n"),
             "R \"1\"\n".to_string(),
