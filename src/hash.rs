@@ -68,7 +68,7 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// For maps whose keys are hashes already (`spool::ShippedMap`, a batch's stream index): mixes
+/// For maps whose keys are hashes already (a batch's stream index): mixes
 /// them once (splitmix64's finaliser) instead of hashing them again with SipHash, which cost
 /// ~0.4 % of the storm's CPU for the stream index (perf).
 #[derive(Default)]

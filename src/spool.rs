@@ -15,10 +15,8 @@
 //! only after Loki accepted it; later batches wait for it, so the resourceVersion never
 //! runs ahead of what is safe.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::hash::BuildHasherDefault;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -112,15 +110,13 @@ impl Shipped {
     }
 }
 
-/// The capacity of `Memory::pending` kept when it drains while events flow: a storm's few
-/// batches in flight (~1.6 MB at 25 bytes an entry).
+/// How many records ahead `Store::commit` asks for their slots in the memory.
+const COMMIT_AHEAD: usize = 8;
+
+/// The slots of `Memory::pending` kept when it drains while events flow: a storm's few
+/// batches in flight (~1 MB at 16 bytes a slot).
 const PENDING_KEPT: usize = 1 << 16;
 
-/// Events remembered by the 64-bit hash of their uid (`uid_key`), not the uid itself:
-/// 8 bytes instead of 36 plus a heap allocation. Two uids colliding in 64 bits is about one
-/// chance in 10^7 for a million events in the retention window, and costs at most a
-/// re-shipped or skipped repeat of one of the two.
-pub type ShippedMap = HashMap<u64, Shipped, BuildHasherDefault<crate::hash::KeyHasher>>;
 pub use crate::table::Table;
 
 /// The memory of shipped occurrences, one copy shared by the Shipper (watcher thread), which
@@ -129,10 +125,21 @@ pub use crate::table::Table;
 /// holds only occurrences whose batches are in flight (a few batches), so the memory costs
 /// one compact slot per remembered event (16 bytes; 19–28 with the table's spare slots), not
 /// two.
+///
+/// Events are remembered by the 64-bit hash of their uid (`uid_key`), not the uid itself:
+/// 8 bytes instead of 36 plus a heap allocation. Two uids colliding in 64 bits is about one
+/// chance in 10^7 for a million events in the retention window, and costs at most a
+/// re-shipped or skipped repeat of one of the two.
+///
+/// `pending` is a `Table` too (it was a hashbrown map), so that both of an event's slots can
+/// be asked for ahead (`Table::prefetch`): the watcher looks an event up in both and adds it
+/// to `pending`, the pusher finds it there again when its batch commits, and each was a
+/// cache miss that waited (perf: the pusher's commit spent most of its time on the map's
+/// key compare).
 #[derive(Default)]
 pub struct Memory {
     pub committed: Table,
-    pub pending: ShippedMap,
+    pub pending: Table,
 }
 
 pub type SharedMemory = std::sync::Arc<std::sync::Mutex<Memory>>;
@@ -141,16 +148,13 @@ impl Memory {
     pub fn new(committed: Table) -> Memory {
         Memory {
             committed,
-            pending: ShippedMap::default(),
+            pending: Table::default(),
         }
     }
 
     /// The newest thing known of `key`: offered (pending) before committed.
     pub fn get(&self, key: u64) -> Option<Shipped> {
-        self.pending
-            .get(&key)
-            .copied()
-            .or_else(|| self.committed.get(key))
+        self.pending.get(key).or_else(|| self.committed.get(key))
     }
 
     /// An occurrence handed to the output; committed later with its batch (or never, if the
@@ -162,15 +166,15 @@ impl Memory {
     /// A journal record: now what a restart would know. The pending entry goes once it says
     /// nothing newer.
     pub fn commit(&mut self, key: u64, s: Shipped) {
-        if let Some(p) = self.pending.get(&key) {
+        if let Some(p) = self.pending.get(key) {
             if p.hash == s.hash && p.count == s.count {
-                self.pending.remove(&key);
+                self.pending.remove(key);
                 // After a spell of batches that could not be made safe (a full disk), give
                 // the grown table back once it has drained. Not the few batches of a storm
                 // (~8,000 entries): dropped each time it drained, it was grown again, page
                 // by page, by the next batch. The idle trim gives those back.
                 if self.pending.is_empty() && self.pending.capacity() > PENDING_KEPT {
-                    self.pending = ShippedMap::default();
+                    self.pending = Table::default();
                 }
             }
         }
@@ -179,7 +183,7 @@ impl Memory {
 
     /// The event was deleted: it cannot show up again.
     pub fn forget(&mut self, key: u64) {
-        self.pending.remove(&key);
+        self.pending.remove(key);
         self.committed.remove(key);
     }
 
@@ -195,8 +199,8 @@ impl Memory {
         self.committed.len()
             + self
                 .pending
-                .keys()
-                .filter(|k| !self.committed.contains_key(**k))
+                .iter()
+                .filter(|&(k, _)| !self.committed.contains_key(k))
                 .count()
     }
 
@@ -205,22 +209,22 @@ impl Memory {
     }
 
     /// Bytes the memory has allocated, for the memory-per-event figures: the table's slots,
-    /// and the pending map's (key and value, plus hashbrown's control byte).
+    /// `pending`'s included.
     pub fn bytes(&self) -> usize {
         self.committed.capacity() * crate::table::SLOT_BYTES
-            + self.pending.capacity() * (std::mem::size_of::<(u64, Shipped)>() + 1)
+            + self.pending.capacity() * crate::table::SLOT_BYTES
     }
 
     /// When idle: gives back the memory a storm or a prune left unused.
     pub fn trim(&mut self) {
         self.committed.shrink_to_fit();
         if self.pending.is_empty() {
-            self.pending = ShippedMap::default();
+            self.pending = Table::default();
         }
     }
 }
 
-/// The key of an event in `ShippedMap` and in the journal.
+/// The key of an event in the memory (`Memory`) and in the journal.
 pub fn uid_key(uid: &str) -> u64 {
     hash64(0, uid.as_bytes())
 }
@@ -604,12 +608,21 @@ impl Store {
         // A slice at a time: the watcher takes the same lock for every event.
         for chunk in list.chunks(256) {
             let mut memory = lock(&self.memory);
-            // Each insert would wait for its slot, one after the other; asked for together,
-            // the slots arrive side by side.
-            for &(key, _, _) in chunk {
-                memory.committed.prefetch(key);
+            // Each record would wait for its slots (pending, then committed), one after the
+            // other; asked for `COMMIT_AHEAD` records ahead, they arrive side by side. (All
+            // of a slice's at once, before, most still missed: perf found the waits on the
+            // insert's first slot and on the pending lookup.)
+            let ahead = |memory: &Memory, i: usize| {
+                if let Some(&(key, _, _)) = chunk.get(i) {
+                    memory.pending.prefetch(key);
+                    memory.committed.prefetch(key);
+                }
+            };
+            for i in 0..COMMIT_AHEAD {
+                ahead(&memory, i);
             }
-            for &(key, count, hash) in chunk {
+            for (i, &(key, count, hash)) in chunk.iter().enumerate() {
+                ahead(&memory, i + COMMIT_AHEAD);
                 memory.commit(key, Shipped::new(count, hash, at));
             }
         }
@@ -1237,8 +1250,9 @@ mod tests {
     #[test]
     fn memory_keeps_what_is_in_flight_until_its_batch_commits() {
         let mut m = Memory::default();
-        let v1 = Shipped::new(1, 11, 100);
-        let v2 = Shipped::new(2, 22, 101);
+        // Whole minutes: both tables keep times to the minute.
+        let v1 = Shipped::new(1, 11, 6_000);
+        let v2 = Shipped::new(2, 22, 6_060);
         m.offer(7, v1);
         m.offer(7, v2);
         assert_eq!(m.get(7), Some(v2));
