@@ -344,7 +344,7 @@ mode_cold() {
     finish_mode "$d" "$d/kube-event.err"
 }
 
-# The entries in the spool, from the batch headers ("KUBE-EVENT BATCH 2 <seq> <entries> ..."; version 1 alike).
+# The entries in the spool, from the batch headers ("KUBE-EVENT BATCH 3 <seq> <entries> ..."; versions 1 and 2 alike).
 spooled() {
     local files
     shopt -s nullglob
