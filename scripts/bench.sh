@@ -184,7 +184,7 @@ kube_event() {
 done_line() { wait_line "$1/loki.out" '^DONE ' "${BENCH_TIMEOUT:-150}" "$2"; }
 
 # report T0_NS DONE_LINE CPU_TICKS HWM_KB [DIR]: the common figures; with DIR also when 99 % of
-# the entries were in (the last batch waits up to PUSH_INTERVAL_SECONDS for more).
+# the entries were in (the last batch goes once the stream has paused for 0.1 s, queue::QUIET).
 report() {
     local t0=$1 dl=$2 hwm=$4 user sys faults t1 secs cpu
     read -r user sys faults <<<"$3"
