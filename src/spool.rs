@@ -1069,6 +1069,14 @@ mod tests {
         s.commit(seq, records, &list, rv)
     }
 
+    /// Writes `dir/checkpoint` as versions 2 and 3 are: `lines`, then the checksum chained
+    /// over them.
+    fn write_checkpoint(dir: &Path, lines: &[String]) {
+        let sum = lines.iter().fold(0, |h, l| hash64(h, l.as_bytes()));
+        let text = format!("{}E {sum:016x}\n", lines.concat());
+        fs::write(dir.join("checkpoint"), text).unwrap();
+    }
+
     fn rec(uid: &str, count: i64, hash: u64) -> String {
         format!("{:016x} {count} {hash:016x}\n", uid_key(uid))
     }
@@ -1334,17 +1342,14 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let now = now_secs();
         let old = 0xfeed_face_dead_beef_u64;
-        let lines = [
-            format!("{CHECKPOINT_MAGIC_V2} 1\n"),
-            "R \"1\"\n".to_string(),
-            format!("{:016x} 5 {old:016x} {now}\n", uid_key("a")),
-        ];
-        let sum = lines.iter().fold(0, |h, l| hash64(h, l.as_bytes()));
-        fs::write(
-            dir.join("checkpoint"),
-            format!("{}E {sum:016x}\n", lines.concat()),
-        )
-        .unwrap();
+        write_checkpoint(
+            &dir,
+            &[
+                format!("{CHECKPOINT_MAGIC_V2} 1\n"),
+                "R \"1\"\n".to_string(),
+                format!("{:016x} 5 {old:016x} {now}\n", uid_key("a")),
+            ],
+        );
         // A journal block as the build before wrote it.
         let block = format!("B 1 1 {now} \"2\"\n{}", rec("b", 3, old));
         let sum = hash64(0, block.as_bytes());
@@ -1385,17 +1390,14 @@ mod tests {
         let full = 0xfeed_face_dead_beef_u64;
         // A checkpoint with a 64-bit fingerprint, then a journal block of the same
         // generation.
-        let lines = [
-            format!("{CHECKPOINT_MAGIC} 1\n"),
-            "R \"1\"\n".to_string(),
-            format!("{:016x} 70000 {full:016x} {now}\n", uid_key("a")),
-        ];
-        let sum = lines.iter().fold(0, |h, l| hash64(h, l.as_bytes()));
-        fs::write(
-            dir.join("checkpoint"),
-            format!("{}E {sum:016x}\n", lines.concat()),
-        )
-        .unwrap();
+        write_checkpoint(
+            &dir,
+            &[
+                format!("{CHECKPOINT_MAGIC} 1\n"),
+                "R \"1\"\n".to_string(),
+                format!("{:016x} 70000 {full:016x} {now}\n", uid_key("a")),
+            ],
+        );
         fs::write(dir.join("journal-1"), "").unwrap();
         {
             let (mut s, _) = Store::open(&dir, 7200).unwrap();
