@@ -228,7 +228,7 @@ impl Batch {
     /// order, and by then the start of a 1 MB arena has left the watcher's 512 KB L2: the
     /// hardware prefetcher cannot guess the next line, and each one waited for its first
     /// cache lines. Asked for four entries ahead, a 2,000-entry batch sealed from a cold
-    /// cache took ~180 instead of ~270 ns per entry (a seal microbenchmark, benches/README.md);
+    /// cache takes 146–154 instead of 216–278 ns per entry (`bench memory`, benches/README.md);
     /// in the storm, the seal's copies had been ~3 % of kube-event's time (perf).
     #[inline(always)]
     fn prefetch_entry(&self, i: usize) {
