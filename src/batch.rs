@@ -106,7 +106,7 @@ pub enum Format {
 }
 
 /// A line to add: as JSON, or already escaped to sit inside a JSON string
-/// (`Event::write_line_nested`), which the batch then only copies.
+/// (`Event::write_line_both`), which the batch then only copies.
 #[derive(Clone, Copy)]
 pub enum Line<'a> {
     Plain(&'a str),

@@ -227,7 +227,7 @@ impl<'a> Event<'a> {
     /// `… [kube-event: N bytes cut]`; returns whether that happened.
     pub fn write_line(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
         let msg = s(&self.message);
-        self.render(occ, msg, 0, &mut One::<false>(out));
+        self.render(occ, msg, 0, &mut Plain(out));
         if out.len() <= max || msg.is_empty() {
             return false;
         }
@@ -235,34 +235,13 @@ impl<'a> Event<'a> {
         let others = out.len() - escaped_len(msg);
         let marker = CUT_OPEN.len() + 20 + CUT_CLOSE.len();
         let keep = prefix_fitting(msg, max.saturating_sub(others + marker), escaped_len);
-        self.render(occ, &msg[..keep], msg.len() - keep, &mut One::<false>(out));
+        self.render(occ, &msg[..keep], msg.len() - keep, &mut Plain(out));
         true
     }
 
-    /// The same line as `write_line`, escaped once more: the form a push body holds it in
-    /// (inside a JSON string). Written in one pass, so the batch only copies it. Returns
-    /// whether the message was cut to keep the (unescaped) line within `max` bytes.
-    pub fn write_line_nested(&self, occ: &Occurrence<'_>, out: &mut String, max: usize) -> bool {
-        // Escaping once more never shortens a byte, so a nested line within `max` means the
-        // plain line is within it too: nothing to cut, and the line is the one rendered.
-        // A message that could not fit escaped (a byte of it can become 7) goes straight to
-        // the cut, so a huge event does not grow `out` for a line that is thrown away.
-        let msg = s(&self.message);
-        if msg.len() <= max / 8 {
-            self.render(occ, msg, 0, &mut One::<true>(out));
-            if out.len() <= max {
-                return false;
-            }
-        }
-        let mut plain = String::new();
-        let cut = self.write_line(occ, &mut plain, max);
-        out.clear();
-        write_json_chars(&plain, out);
-        cut
-    }
-
-    /// `write_line` into `plain` and `write_line_nested` into `nested`, in one pass: for a
-    /// JSON batch, which holds the nested form, while the memory of shipped occurrences
+    /// `write_line` into `plain`, and the same line escaped once more into `nested` (the
+    /// form a JSON push body holds it in, inside a JSON string), in one pass: for a JSON
+    /// batch, which holds the nested form, while the memory of shipped occurrences
     /// fingerprints the plain one. Escaping a rendered line whole instead cost ~8,700
     /// instructions per event (an escape every few bytes); rendering both forms side by side
     /// escapes only the values.
@@ -337,8 +316,8 @@ impl<'a> Event<'a> {
     }
 }
 
-/// Where `Event::render` writes a line: as it is (`One<false>`), escaped once more for a JSON
-/// string (`One<true>`), or both side by side (`Both`). Text that is the same escaped or not
+/// Where `Event::render` writes a line: as it is (`Plain`), or side by side with the same
+/// line escaped once more for a JSON string (`Both`). Text that is the same escaped or not
 /// comes as a pair, `[plain, nested]`; each is a constant, so each `push_str` is inlined.
 trait LineOut {
     fn clear(&mut self);
@@ -348,20 +327,20 @@ trait LineOut {
     fn decimal(&mut self, v: i64);
 }
 
-struct One<'a, const NESTED: bool>(&'a mut String);
+struct Plain<'a>(&'a mut String);
 
-impl<const NESTED: bool> LineOut for One<'_, NESTED> {
+impl LineOut for Plain<'_> {
     #[inline(always)]
     fn clear(&mut self) {
         self.0.clear();
     }
     #[inline(always)]
     fn raw(&mut self, text: &[&str; 2]) {
-        self.0.push_str(text[NESTED as usize]);
+        self.0.push_str(text[0]);
     }
     #[inline(always)]
     fn text(&mut self, v: &str) {
-        write_escaped::<NESTED>(v, self.0);
+        write_escaped::<false>(v, self.0);
     }
     #[inline(always)]
     fn decimal(&mut self, v: i64) {
@@ -869,14 +848,11 @@ mod tests {
             "source":{"component":"kubelet","host":"h"},"involvedObject":{"kind":"Pod","name":"p","fieldPath":"spec{x}"}}"#;
         let ev = crate::scan::event(json.as_bytes()).unwrap();
         let occ = ev.occurrence().unwrap();
-        let (mut plain, mut nested) = (String::new(), String::new());
+        let mut plain = String::new();
         for max in [262_144, 300] {
             let cut_plain = ev.write_line(&occ, &mut plain, max);
-            let cut_nested = ev.write_line_nested(&occ, &mut nested, max);
-            assert_eq!(cut_plain, cut_nested, "{max}");
-            let mut want = String::new();
-            write_json_chars(&plain, &mut want);
-            assert_eq!(nested, want, "{max}");
+            let mut nested = String::new();
+            write_json_chars(&plain, &mut nested);
             // Both at once, into buffers that held something else.
             let (mut p2, mut n2) = ("old".to_string(), "old".to_string());
             assert_eq!(ev.write_line_both(&occ, &mut p2, &mut n2, max), cut_plain);
@@ -1068,11 +1044,10 @@ mod tests {
             let mut ev = crate::scan::event(base.as_bytes()).unwrap();
             ev.message = Some(Text(Cow::Borrowed(&msg)));
             let occ = ev.occurrence().unwrap();
-            let (mut plain, mut nested) = (String::new(), String::new());
+            let mut plain = String::new();
             for max in [0, 100, 150, 200, 250, 300, 333, 400, 512, 700, 1000, 4096] {
                 let cut = ev.write_line(&occ, &mut plain, max);
-                assert_eq!(ev.write_line_nested(&occ, &mut nested, max), cut, "{max}");
-                assert_eq!(nested, reference_escape(&plain), "{max}");
+                let nested = reference_escape(&plain);
                 let (mut p2, mut n2) = (String::new(), String::new());
                 assert_eq!(
                     ev.write_line_both(&occ, &mut p2, &mut n2, max),
