@@ -467,8 +467,8 @@ impl Store {
             Some((free, f)) => (free, Some(f)),
             None => (path.with_extension("tmp"), None),
         };
-        let written_over = kept.is_some();
         let write = |f: Option<File>| -> io::Result<()> {
+            let written_over = f.is_some();
             let mut f = match f {
                 Some(f) => {
                     sync_dir(&self.spool_dir)?;
@@ -537,21 +537,12 @@ impl Store {
     /// is idle.
     pub fn drop_free(&mut self) {
         for (path, _) in self.free.drain(..) {
-            if let Err(e) = fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    warn!("cannot remove {}: {e}", path.display());
-                }
-            }
+            remove_or_warn(&path);
         }
     }
 
     pub fn remove_batch(&self, seq: u64) {
-        let path = self.batch_path(seq);
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                warn!("cannot remove {}: {e}", path.display());
-            }
-        }
+        remove_or_warn(&self.batch_path(seq));
     }
 
     /// Moves a spooled batch that cannot be read to `damaged/`.
@@ -730,6 +721,15 @@ fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     crate::event::write_json_str(s, &mut out);
     out
+}
+
+/// Removes a spool file; one already gone is fine, any other failure a warning.
+fn remove_or_warn(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!("cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
