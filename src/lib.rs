@@ -33,6 +33,7 @@ pub mod queue;
 pub mod scan;
 pub mod ship;
 pub mod shutdown;
+pub mod snappy;
 pub mod spool;
 pub mod stats;
 pub mod table;

@@ -44,11 +44,7 @@ pub struct Encoder {
     /// Label names and values of the stream being read, unescaped, and where each pair is.
     text: Vec<u8>,
     pairs: Vec<(Range<usize>, Range<usize>)>,
-    snappy: Option<snap::raw::Encoder>,
-    /// snappy's output: it writes into initialised bytes, so this is zeroed once, to the
-    /// largest size a body needed, and each body's few compressed bytes are copied out.
-    /// Zeroing `wire` to `max_compress_len` for every body was ~1.3 % of the storm's CPU.
-    out: Vec<u8>,
+    snappy: Option<crate::snappy::Encoder>,
 }
 
 impl Encoder {
@@ -65,22 +61,15 @@ impl Encoder {
 
     /// A protobuf body (as `batch.rs` seals it) snappy-compressed into `wire` (cleared first).
     pub fn compress_into(&mut self, proto: &[u8], wire: &mut Vec<u8>) -> Result<(), Error> {
-        let snappy = self.snappy.get_or_insert_with(snap::raw::Encoder::new);
-        let max = snap::raw::max_compress_len(proto.len());
-        if self.out.len() < max {
-            self.out.resize(max, 0);
-        }
-        // Compressing into a buffer of `max_compress_len` only fails for inputs over 4 GiB,
-        // which a push body (BATCH_MAX_BYTES, at most 100 MiB) never is.
-        let n = snappy
-            .compress(proto, &mut self.out[..max])
-            .map_err(|_| Error {
+        // Only an input over 4 GiB fails, which a push body (BATCH_MAX_BYTES, at most 100 MiB)
+        // never is.
+        self.snappy
+            .get_or_insert_with(Default::default)
+            .compress(proto, wire)
+            .ok_or(Error {
                 at: 0,
                 what: "body too large for snappy",
-            })?;
-        wire.clear();
-        wire.extend_from_slice(&self.out[..n]);
-        Ok(())
+            })
     }
 
     /// `json` as a protobuf `PushRequest`, into `out` (cleared first).
