@@ -17,7 +17,7 @@
 //!   is rarely worth a copy: it cuts a literal in two for a 2-byte saving. Fewer false starts
 //!   also mean fewer branches mispredicted.
 //! - **Short literals are copied as one 16-byte move**, into room the output keeps for it
-//!   ([`max_len`]), and nothing is bounds-checked inside the loop: the invariants are stated
+//!   ([`room`]), and nothing is bounds-checked inside the loop: the invariants are stated
 //!   where the pointers are used.
 //!
 //! Format (github.com/google/snappy, format_description.txt): the uncompressed length as a
@@ -40,11 +40,10 @@ const MIN_MATCH: usize = 5;
 /// Room past the end of the output that a short literal's 16-byte move may write into.
 const SLACK: usize = 16;
 
-/// The capacity `Encoder::compress` needs in its output for `n` bytes of input: the bound of
-/// the C++ encoder, `32 + n + n/6`, and [`SLACK`]. This one writes at most a 5-byte length,
-/// `n + n/256` and 3 bytes per fragment (see `fragment`).
-pub fn max_len(n: usize) -> usize {
-    32 + n + n / 6 + SLACK
+/// The room a fragment of `n` bytes needs in the output: its elements take at most
+/// `n + n / 256 + 3` bytes (see `fragment`), and a short literal may write [`SLACK`] past them.
+fn room(n: usize) -> usize {
+    n + n / 256 + 3 + SLACK
 }
 
 /// The largest input a snappy block can hold: its length is a 32-bit varint.
@@ -71,25 +70,23 @@ impl Encoder {
             return None;
         }
         out.clear();
-        out.reserve(max_len(input.len()));
-        let dst = out.as_mut_ptr();
-        let mut d = 0;
         let mut n = input.len();
-        // SAFETY: `out` has room for `max_len(input.len())` bytes, more than the varint (at
-        // most 5) and what each fragment writes (see `fragment`'s contract); `set_len` covers
-        // only the bytes written, in order, from `dst`.
-        unsafe {
-            while n >= 0x80 {
-                *dst.add(d) = n as u8 | 0x80;
-                n >>= 7;
-                d += 1;
+        while n >= 0x80 {
+            out.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        // Room is reserved a fragment at a time, so that the buffer grows with what the body
+        // compresses to (a third of it for event batches), not with the worst case: the
+        // pusher keeps compressed bodies in memory by their capacity (`pusher::CACHE_MAX`).
+        for fragment in input.chunks(FRAGMENT) {
+            out.reserve(room(fragment.len()));
+            // SAFETY: `out` has room for `room(fragment.len())` bytes after its length, which
+            // is `fragment`'s contract; `set_len` covers the bytes it wrote, in order.
+            unsafe {
+                let d = self.fragment(fragment, out.as_mut_ptr(), out.len());
+                out.set_len(d);
             }
-            *dst.add(d) = n as u8;
-            d += 1;
-            for fragment in input.chunks(FRAGMENT) {
-                d = self.fragment(fragment, dst, d);
-            }
-            out.set_len(d);
         }
         Some(())
     }
@@ -97,11 +94,11 @@ impl Encoder {
     /// Compresses `src` (at most `FRAGMENT` bytes) to `dst + d`; returns the new end.
     ///
     /// # Safety
-    /// `dst` must be valid for writing `d + len + len / 256 + 3 + SLACK` bytes, `len` being
-    /// `src.len()`. The elements take at most `len + len / 256 + 3`: a literal's tag is 1 to 3
-    /// bytes, it is 3 only for a literal of 257 bytes or more, and the copy after a literal
-    /// saves at least 2 (5 bytes or more as 2 or 3); only the fragment's last literal has no
-    /// copy after it. A short literal may also write `SLACK` bytes past its end.
+    /// `dst` must be valid for writing `d + room(src.len())` bytes. The elements take at most
+    /// `len + len / 256 + 3`: a literal's tag is 1 to 3 bytes, it is 3 only for a literal of
+    /// 257 bytes or more, and the copy after a literal saves at least 2 (5 bytes or more as 2
+    /// or 3); only the fragment's last literal has no copy after it. A short literal may also
+    /// write `SLACK` bytes past its end.
     unsafe fn fragment(&mut self, src: &[u8], dst: *mut u8, mut d: usize) -> usize {
         let len = src.len();
         let p = src.as_ptr();
@@ -340,9 +337,14 @@ mod tests {
     fn round_trip(input: &[u8]) -> usize {
         let mut out = Vec::new();
         Encoder::default().compress(input, &mut out).unwrap();
+        // The bound the unsafe writes rely on (`room`, per fragment, without the slack).
+        let bound = 5 + input
+            .chunks(FRAGMENT)
+            .map(|f| room(f.len()) - SLACK)
+            .sum::<usize>();
         assert!(
-            out.len() + SLACK <= max_len(input.len()),
-            "{} bytes compressed to {}, over the bound",
+            out.len() <= bound,
+            "{} bytes compressed to {}, over the bound {bound}",
             input.len(),
             out.len()
         );
@@ -475,6 +477,16 @@ mod tests {
         // pass the round trips), and not much less than the `snap` encoder it replaced.
         let text = event_lines(2000, &mut Rng(7));
         let ours = round_trip(&text);
+        // The buffer grows with the output, not with the worst case (the pusher counts cached
+        // bodies by capacity).
+        let mut out = Vec::new();
+        Encoder::default().compress(&text, &mut out).unwrap();
+        assert!(
+            out.capacity() <= 2 * (out.len() + room(FRAGMENT)),
+            "{} bytes in a buffer of {}",
+            out.len(),
+            out.capacity()
+        );
         let theirs = snap::raw::Encoder::new().compress_vec(&text).unwrap().len();
         assert!(
             ours * 2 < text.len(),
