@@ -5,9 +5,9 @@
 //! Why: compressing was the largest piece of the storm, ~17 % of kube-event's CPU (perf) and
 //! ~3,600 instructions per event (callgrind, `snap`'s faithful port of the C++ encoder). On the
 //! bodies of the benchmark's storm this takes ~23 % fewer instructions per byte (6.0 against
-//! 7.8; 2,670 per event) and runs ~30 % faster, for bodies 0.3 % larger (benches/README.md). The format and the shape of the search
-//! are snappy's (64 KiB fragments, a 16 Ki-entry table of positions, the skip that speeds up
-//! over bytes that do not compress). What differs:
+//! 7.8; 2,680 per event) and runs ~30 % faster, for bodies 0.3 % larger (benches/README.md).
+//! The format and the shape of the search are snappy's (64 KiB fragments, a 16 Ki-entry table
+//! of positions, the skip that speeds up over bytes that do not compress). What differs:
 //!
 //! - **Matches are searched at every other byte** and, once found, extended backwards over the
 //!   bytes the search stepped past, as LZ4 does. Event lines are JSON: most of what repeats
@@ -105,9 +105,11 @@ impl Encoder {
         // SAFETY (all of this function): every load is of 8 bytes at a position `at` with
         // `at + 8 <= len` (`at <= limit + 7`, or `at <= end8` in the extension, or a candidate
         // that is earlier than such a position), or of one byte below `s` or `cand`, which are
-        // both above 0 when it is read. Table slots are `hash(..) < 1 << TABLE_BITS`, and the
-        // table only holds positions below `len` (written this fragment, or 0 from the fill),
-        // so every candidate is a valid position. Writes follow `fragment`'s contract.
+        // both above 0 when it is read, or a short literal's 16 bytes from `next_emit`, which
+        // is at most `s <= limit`, so they end by `limit + 16 = len`. Table slots are
+        // `hash(..) < 1 << TABLE_BITS`, and the table only holds positions below `len`
+        // (written this fragment, or 0 from the fill), so every candidate is a valid position.
+        // Writes follow `fragment`'s contract.
         unsafe {
             if len <= MARGIN {
                 return tail(dst, d, p, len);
