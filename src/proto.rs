@@ -293,8 +293,10 @@ fn key(out: &mut Vec<u8>, field: u8, wire: u8) {
     out.push(field << 3 | wire);
 }
 
+/// `v` as a base-128 varint, low 7 bits first: protobuf's, and the length that begins a
+/// snappy block (`snappy.rs`).
 #[inline(always)]
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;

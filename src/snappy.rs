@@ -70,12 +70,7 @@ impl Encoder {
             return None;
         }
         out.clear();
-        let mut n = input.len();
-        while n >= 0x80 {
-            out.push(n as u8 | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
+        crate::proto::varint(out, input.len() as u64);
         // Room is reserved a fragment at a time, so that the buffer grows with what the body
         // compresses to (a third of it for event batches), not with the worst case: the
         // pusher keeps compressed bodies in memory by their capacity (`pusher::CACHE_MAX`).
