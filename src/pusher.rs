@@ -1,6 +1,8 @@
-//! The pusher thread: takes sealed batches from the queue, makes them safe in the spool,
-//! commits their records to the journal, and pushes them to Loki oldest first, back to back,
-//! retrying with backoff until Loki takes them. Rejected batches are fixed when Loki says how
+//! The pusher thread: takes sealed batches from the queue, pushes them to Loki oldest first,
+//! back to back, and commits their records to the journal once they are safe. A batch is safe
+//! when Loki took it or when it is in the spool: it is written there before its first push
+//! when it has to wait (batches ahead of it on disk, or Loki failing), else only if that push
+//! fails. Failed pushes are retried with backoff until Loki takes them. Rejected batches are fixed when Loki says how
 //! (entries too old for the stream), else kept in `DATA_DIR/rejected/`. The spool is bounded
 //! by `SPOOL_MAX_BYTES`: when it is full the oldest batches are dropped, counted and logged.
 
@@ -19,9 +21,9 @@ use crate::spool::{SpoolFile, Store};
 use crate::stats::Stats;
 use crate::time::format_rfc3339;
 
-/// The most memory spooled batches' bodies may keep (by buffer capacity), to be pushed
-/// without reading the spool: two JSON batches of the default size, or about five gzipped
-/// ones. When Loki is slower than the watcher, later batches are read back from the spool
+/// The most memory the bodies of batches waiting for Loki may keep (by buffer capacity),
+/// spooled or not yet written (`Pusher::defer`): two JSON batches of the default size, or
+/// about five compressed ones. When Loki is slower than the watcher, later batches are read back from the spool
 /// (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
 const CACHE_MAX: usize = 2 << 20;
 
@@ -42,9 +44,12 @@ struct Item {
     oldest: i64,
     newest: i64,
     bytes: u64,
-    /// Whether the batch is in the spool; if not (the spool could not be written), `body`
-    /// holds it.
+    /// Whether the batch is in the spool; if not (not written yet, or the spool could not
+    /// be written), `body` holds it.
     spooled: bool,
+    /// Not written to the spool yet, on purpose: it is pushed first (`defer`), and written
+    /// only if that push fails, or at shutdown. Its body counts in `cached`.
+    deferred: bool,
     /// The push body in memory: always when not spooled; for spooled batches while the
     /// cache has room (`CACHE_MAX`), so a healthy pipeline never reads back what it just wrote.
     body: Option<Vec<u8>>,
@@ -99,6 +104,7 @@ impl Pusher {
                 newest: f.newest,
                 bytes: f.bytes,
                 spooled: true,
+                deferred: false,
                 body: None,
                 encoding: f.encoding,
             })
@@ -161,6 +167,10 @@ impl Pusher {
         for (sealed, rv) in taken.sealed {
             self.spool(sealed, rv);
         }
+        // Stopping: what waits in memory goes to disk before the last pushes.
+        if self.queue.closing().is_some() {
+            self.spool_deferred();
+        }
         // Frames after the last batch that shipped nothing (deletes, unchanged repeats)
         // still move the resume point, once nothing is waiting in the open batch.
         if let Some(rv) = taken
@@ -194,9 +204,35 @@ impl Pusher {
             let sealed_body = std::mem::replace(&mut sealed.body, wire);
             self.queue.recycle(Some(sealed_body));
         }
+        let seq = self.store.next_seq();
+        if self.defer(sealed.body.capacity()) {
+            self.cached += sealed.body.capacity();
+            let bytes = sealed.body.len() as u64;
+            self.uncommitted.push_back(Uncommitted {
+                seq,
+                records: sealed.records,
+                list: sealed.list,
+                rv: rv.clone(),
+                safe: false,
+            });
+            self.last_rv = rv;
+            self.spool_bytes += bytes;
+            self.backlog.push_back(Item {
+                seq,
+                entries: sealed.entries,
+                oldest: sealed.oldest,
+                newest: sealed.newest,
+                bytes,
+                spooled: false,
+                deferred: true,
+                body: Some(sealed.body),
+                encoding,
+            });
+            self.publish_spool();
+            return;
+        }
         // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
         self.make_room(sealed.body.len() as u64 + 128);
-        let seq = self.store.next_seq();
         let (spooled, body, bytes) = match self.store.write_batch(
             seq,
             sealed.entries,
@@ -246,9 +282,67 @@ impl Pusher {
             newest: sealed.newest,
             bytes,
             spooled,
+            deferred: false,
             body,
             encoding,
         });
+        self.publish_spool();
+    }
+
+    /// Whether a new batch (its body `capacity` bytes) is pushed before it is written to the
+    /// spool: while Loki takes every push and the batches ahead of it are in memory too (and
+    /// fit in `CACHE_MAX`). It is written only if its push fails (`spool_deferred`), so a
+    /// healthy pipeline writes nothing to disk but the journal. Until it is safe (pushed, or
+    /// spooled) its records and resourceVersion are not committed: a crash meanwhile loses
+    /// nothing that a batch waiting in the queue would not, as the next start resumes the
+    /// watch from before it.
+    fn defer(&self, capacity: usize) -> bool {
+        self.failures == 0
+            && self.queue.closing().is_none()
+            && self.backlog.iter().all(|i| i.deferred)
+            && self.cached + capacity <= CACHE_MAX
+    }
+
+    /// Writes the batches kept in memory for their first push to the spool: a push failed
+    /// (they will wait), or kube-event is stopping.
+    fn spool_deferred(&mut self) {
+        let mut safe = Vec::new();
+        for item in self.backlog.iter_mut().filter(|i| i.deferred) {
+            item.deferred = false;
+            let Some(body) = &item.body else { continue };
+            match self.store.write_batch(
+                item.seq,
+                item.entries,
+                item.oldest,
+                item.newest,
+                body,
+                item.encoding,
+            ) {
+                Ok(bytes) => {
+                    debug!(
+                        "spooled batch {}: {} entries, {bytes} bytes",
+                        item.seq, item.entries
+                    );
+                    self.spool_bytes = self.spool_bytes - item.bytes + bytes;
+                    item.bytes = bytes;
+                    item.spooled = true;
+                    safe.push(item.seq);
+                }
+                Err(e) => {
+                    // Kept in memory, as a batch whose first write failed.
+                    self.cached -= body.capacity();
+                    Stats::add(&self.stats.spool_write_errors, 1);
+                    error!(
+                        "cannot write batch {} ({} entries) to the spool: {e}; keeping it in \
+                         memory and pushing from there",
+                        item.seq, item.entries
+                    );
+                }
+            }
+        }
+        for seq in safe {
+            self.mark_safe(seq);
+        }
         self.publish_spool();
     }
 
@@ -324,7 +418,7 @@ impl Pusher {
         };
         let seq = head.seq;
         // A batch kept in memory: try the spool again first.
-        if let (false, Some(body)) = (head.spooled, &head.body) {
+        if let (false, false, Some(body)) = (head.spooled, head.deferred, &head.body) {
             if let Ok(bytes) = self.store.write_batch(
                 seq,
                 head.entries,
@@ -456,6 +550,8 @@ impl Pusher {
                     why, retry_after, ..
                 } => {
                     self.failures += 1;
+                    // It and the batches after it will wait: to disk with them.
+                    self.spool_deferred();
                     let delay = self.backoff.failure(retry_after);
                     warn!(
                         "push of batch {seq} ({entries} entries) failed: {why}; retrying in \
@@ -528,6 +624,8 @@ impl Pusher {
             } else {
                 self.store.remove_batch(item.seq);
             }
+        }
+        if item.spooled || item.deferred {
             if let Some(b) = &item.body {
                 self.cached -= b.capacity();
             }
@@ -536,6 +634,7 @@ impl Pusher {
 
     /// At shutdown: says what is left, and where.
     fn finish(&mut self) {
+        self.spool_deferred();
         self.commit();
         self.store.drop_free();
         if let Err(e) = self.store.checkpoint() {

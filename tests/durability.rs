@@ -606,13 +606,16 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
     assert_no_duplicates(&rig.loki);
 }
 
+/// A batch goes to Loki before it goes to disk: while Loki takes every push, nothing is
+/// written to the spool. A batch whose push fails is in the spool before it is pushed again,
+/// and gone once Loki accepted it.
 #[test]
-fn a_batch_is_in_the_spool_when_loki_receives_it_and_gone_once_accepted() {
+fn a_batch_is_spooled_when_its_push_fails_and_gone_once_accepted() {
     let rig = Rig::new();
     let spool = rig.spool();
     let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let seen2 = seen.clone();
-    // Runs inside the fake Loki while it handles the push.
+    // Runs inside the fake Loki while it handles a push it accepts.
     rig.loki.set_rule(move |e| {
         let name = serde_json::from_str::<Value>(&e.line).unwrap()["event_name"]
             .as_str()
@@ -627,17 +630,95 @@ fn a_batch_is_in_the_spool_when_loki_receives_it_and_gone_once_accepted() {
         rig.api
             .create(event("demo", &format!("s-{i}.x"), &format!("s {i}"), &ts));
     }
-    let ke = rig.start(&[("BATCH_MAX_BYTES", "1024")]);
+    let ke = rig.start_watching(&[("BATCH_MAX_BYTES", "1024")]);
     rig.loki.wait_for_entries(5, T);
-    let seen = seen.lock().unwrap().clone();
+    let first = seen.lock().unwrap().clone();
     assert!(
-        seen.iter().all(|(_, spooled)| *spooled),
-        "entries pushed without being in DATA_DIR/spool: {seen:?}"
+        first.iter().all(|(_, spooled)| !*spooled),
+        "entries written to DATA_DIR/spool though Loki took their first push: {first:?}"
+    );
+    assert!(
+        spool_files(&rig.spool()).is_empty(),
+        "{:?}",
+        names_in(&rig.spool())
+    );
+
+    // Its first push fails: the batch is written, then pushed from the spool.
+    rig.loki.fail_next(1, 500, "internal error", None);
+    rig.api.create(event("demo", "f-0.x", "f 0", &now_secs()));
+    rig.loki.wait_for_entries(6, T);
+    let last = seen.lock().unwrap().last().cloned();
+    assert_eq!(
+        last,
+        Some(("f-0.x".to_string(), true)),
+        "the batch whose push failed was not in DATA_DIR/spool when it was pushed again"
     );
     wait_until(T, "an empty spool after 2xx", || {
         spool_files(&rig.spool()).is_empty()
     });
-    drop(ke);
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    assert_no_duplicates(&rig.loki);
+}
+
+/// kill -9 while Loki hangs on the first push of a batch that is only in memory: its records
+/// and resourceVersion were not committed, so the next start resumes the watch from before
+/// it, and every occurrence reaches Loki once, including a repeat made while kube-event was
+/// down.
+#[test]
+fn sigkill_while_loki_hangs_on_a_batch_not_yet_written_loses_nothing() {
+    let rig = Rig::new();
+    rig.api.create(event("demo", "a-0.x", "a 0", &now_secs()));
+    let ke = rig.start_watching(&[]);
+    // Taken and committed: the resume point is past it.
+    rig.loki.wait_for_entries(1, T);
+    rig.loki.hold();
+    for i in 0..3 {
+        rig.api.create(event(
+            "demo",
+            &format!("b-{i}.x"),
+            &format!("b {i}"),
+            &now_secs(),
+        ));
+    }
+    rig.loki.wait_for_held(1, T);
+    assert!(
+        spool_files(&rig.spool()).is_empty(),
+        "a batch was written before its first push: {:?}",
+        names_in(&rig.spool())
+    );
+    ke.sigkill();
+    ke.wait_exit(T);
+    // The push in flight fails: Loki stored nothing of it.
+    rig.loki.fail_next(1, 500, "internal error", None);
+    rig.loki.release();
+    rig.loki.wait_for_attempts(2, T);
+    assert_eq!(rig.loki.entries().len(), 1);
+    // While it is down: a repeat of an event of that batch, and a new event.
+    let later = rfc3339_secs(now_nanos() + 1_000_000_000);
+    rig.api.update("demo", "b-0.x", |ev| {
+        ev["count"] = json!(2);
+        ev["lastTimestamp"] = json!(later);
+    });
+    rig.api.create(event("demo", "c-0.x", "c 0", &now_secs()));
+    let ke = rig.start_watching(&[]);
+    let want: BTreeSet<(String, u64)> = [
+        ("a-0.x", 1),
+        ("b-0.x", 1),
+        ("b-1.x", 1),
+        ("b-2.x", 1),
+        ("b-0.x", 2),
+        ("c-0.x", 1),
+    ]
+    .iter()
+    .map(|(n, c)| (n.to_string(), *c))
+    .collect();
+    wait_for_occurrences(&rig.loki, &want, T);
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    let got: Vec<(String, u64)> = rig.loki.entries().iter().map(occurrence).collect();
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    assert_no_duplicates(&rig.loki);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1236,9 +1317,10 @@ fn a_spool_that_cannot_be_written_pushes_from_memory_and_recovers_when_it_can() 
     // Loki comes back: the batch is pushed from memory.
     rig.loki.come_back();
     rig.loki.wait_for_entries(1, T);
-    // The disk recovers: the next batches are spooled again.
+    // The disk recovers: the next batch whose push fails is spooled again.
     std::fs::remove_file(&spool).unwrap();
     std::fs::rename(&real, &spool).unwrap();
+    rig.loki.fail_next(1, 500, "internal error", None);
     rig.api
         .create(event("demo", "b.1", "after the disk is back", &now_secs()));
     rig.loki.wait_for_entries(2, T);

@@ -77,7 +77,14 @@ struct State {
     /// Highest timestamp per stream (for "entry too far behind").
     highest: HashMap<BTreeMap<String, String>, i128>,
     validate_time: bool,
+    /// Push requests wait unanswered while this is set (`hold`).
+    hold: bool,
+    /// Push requests waiting now.
+    held: usize,
 }
+
+/// The longest a held push waits for `release`.
+const HOLD_MAX: Duration = Duration::from_secs(60);
 
 /// The fake Loki. Stops on Drop.
 pub struct FakeLoki {
@@ -111,6 +118,13 @@ const SERVICE_LABELS: [&str; 13] = [
     "k8s_job_name",
 ];
 
+impl Drop for FakeLoki {
+    /// A held push is answered, so that its handler does not outlive the test.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl FakeLoki {
     /// Plain HTTP on 127.0.0.1.
     pub fn start() -> FakeLoki {
@@ -133,6 +147,8 @@ impl FakeLoki {
             required: Vec::new(),
             highest: HashMap::new(),
             validate_time: true,
+            hold: false,
+            held: 0,
         }));
         let handler_shared = shared.clone();
         let http = HttpServer::start(
@@ -201,6 +217,28 @@ impl FakeLoki {
     /// Turns off the too old / too new / too far behind checks (they use the real clock).
     pub fn disable_time_checks(&self) {
         self.shared.update(|s| s.validate_time = false);
+    }
+
+    /// Push requests are held unanswered until `release` (at most a minute): a Loki that
+    /// hangs. A held request's answer is decided when it is released (`fail_next` before
+    /// `release` makes it fail, and nothing of it is stored).
+    pub fn hold(&self) {
+        self.shared.update(|s| s.hold = true);
+    }
+
+    /// Answers the held push requests, and the next ones, as usual.
+    pub fn release(&self) {
+        self.shared.update(|s| s.hold = false);
+    }
+
+    /// Waits until `n` push requests are held.
+    pub fn wait_for_held(&self, n: usize, timeout: Duration) {
+        drop(self.shared.wait_until(
+            timeout,
+            &format!("{n} held pushes in FakeLoki"),
+            |s| s.held >= n,
+            describe,
+        ));
     }
 
     /// Refuses connections (and cuts open ones) until `come_back`.
@@ -303,6 +341,20 @@ fn handle(shared: &Arc<Shared<State>>, req: &Request) -> Response {
     }
     if req.method != "POST" {
         return Response::go_error(405, "Method Not Allowed");
+    }
+    {
+        let mut s = shared.lock();
+        if s.hold {
+            s.held += 1;
+            shared.cond.notify_all();
+            s = shared
+                .cond
+                .wait_timeout_while(s, HOLD_MAX, |s| s.hold)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            s.held -= 1;
+            shared.cond.notify_all();
+        }
     }
     let (resp, push, stored) = {
         let mut s = shared.lock();
