@@ -475,7 +475,6 @@ impl Pusher {
             }
             match outcome {
                 Outcome::Accepted { .. } => {
-                    Stats::add(&self.stats.pushed, entries as u64);
                     if self.failures > 0 {
                         info!(
                             "Loki accepts pushes again after {} failed attempts",
@@ -488,7 +487,11 @@ impl Pusher {
                         "pushed batch {seq}: {entries} entries, {} bytes in {took:?}",
                         body.len()
                     );
+                    // Counted once handled: whoever reads `pushed_total` also sees the
+                    // batch gone from `spool_batches` (and, if it was pushed from memory,
+                    // committed to the journal).
                     self.done(seq);
+                    Stats::add(&self.stats.pushed, entries as u64);
                     self.queue.recycle(own);
                     return true;
                 }
@@ -596,8 +599,8 @@ impl Pusher {
             self.forget_item(&item, true);
             self.recycle(item.body.take(), item.encoding);
         }
-        self.mark_safe(seq);
         self.publish_spool();
+        self.mark_safe(seq);
     }
 
     /// Keeps an emptied body for reuse: a gzipped one for the next compression, a JSON one
