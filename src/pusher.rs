@@ -205,65 +205,46 @@ impl Pusher {
             self.queue.recycle(Some(sealed_body));
         }
         let seq = self.store.next_seq();
-        if self.defer(sealed.body.capacity()) {
+        let deferred = self.defer(sealed.body.capacity());
+        let (spooled, body, bytes) = if deferred {
             self.cached += sealed.body.capacity();
-            let bytes = sealed.body.len() as u64;
-            self.uncommitted.push_back(Uncommitted {
+            let n = sealed.body.len() as u64;
+            (false, Some(sealed.body), n)
+        } else {
+            // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
+            self.make_room(sealed.body.len() as u64 + 128);
+            match self.store.write_batch(
                 seq,
-                records: sealed.records,
-                list: sealed.list,
-                rv: rv.clone(),
-                safe: false,
-            });
-            self.last_rv = rv;
-            self.spool_bytes += bytes;
-            self.backlog.push_back(Item {
-                seq,
-                entries: sealed.entries,
-                oldest: sealed.oldest,
-                newest: sealed.newest,
-                bytes,
-                spooled: false,
-                deferred: true,
-                body: Some(sealed.body),
+                sealed.entries,
+                sealed.oldest,
+                sealed.newest,
+                &sealed.body,
                 encoding,
-            });
-            self.publish_spool();
-            return;
-        }
-        // Room first, so the spool never holds more than SPOOL_MAX_BYTES on disk.
-        self.make_room(sealed.body.len() as u64 + 128);
-        let (spooled, body, bytes) = match self.store.write_batch(
-            seq,
-            sealed.entries,
-            sealed.oldest,
-            sealed.newest,
-            &sealed.body,
-            encoding,
-        ) {
-            Ok(bytes) => {
-                debug!(
-                    "spooled batch {seq}: {} entries, {bytes} bytes",
-                    sealed.entries
-                );
-                let keep = self.cached + sealed.body.capacity() <= CACHE_MAX;
-                if keep {
-                    self.cached += sealed.body.capacity();
-                    (true, Some(sealed.body), bytes)
-                } else {
-                    self.recycle(Some(sealed.body), encoding);
-                    (true, None, bytes)
+            ) {
+                Ok(bytes) => {
+                    debug!(
+                        "spooled batch {seq}: {} entries, {bytes} bytes",
+                        sealed.entries
+                    );
+                    let keep = self.cached + sealed.body.capacity() <= CACHE_MAX;
+                    if keep {
+                        self.cached += sealed.body.capacity();
+                        (true, Some(sealed.body), bytes)
+                    } else {
+                        self.recycle(Some(sealed.body), encoding);
+                        (true, None, bytes)
+                    }
                 }
-            }
-            Err(e) => {
-                Stats::add(&self.stats.spool_write_errors, 1);
-                error!(
-                    "cannot write batch {seq} ({} entries) to the spool: {e}; keeping it in memory \
-                     and pushing from there",
-                    sealed.entries
-                );
-                let n = sealed.body.len() as u64;
-                (false, Some(sealed.body), n)
+                Err(e) => {
+                    Stats::add(&self.stats.spool_write_errors, 1);
+                    error!(
+                        "cannot write batch {seq} ({} entries) to the spool: {e}; keeping it in memory \
+                         and pushing from there",
+                        sealed.entries
+                    );
+                    let n = sealed.body.len() as u64;
+                    (false, Some(sealed.body), n)
+                }
             }
         };
         self.uncommitted.push_back(Uncommitted {
@@ -282,7 +263,7 @@ impl Pusher {
             newest: sealed.newest,
             bytes,
             spooled,
-            deferred: false,
+            deferred,
             body,
             encoding,
         });
