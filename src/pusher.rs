@@ -2,9 +2,10 @@
 //! back to back, and commits their records to the journal once they are safe. A batch is safe
 //! when Loki took it or when it is in the spool: it is written there before its first push
 //! when it has to wait (batches ahead of it on disk, or Loki failing), else only if that push
-//! fails. Failed pushes are retried with backoff until Loki takes them. Rejected batches are fixed when Loki says how
-//! (entries too old for the stream), else kept in `DATA_DIR/rejected/`. The spool is bounded
-//! by `SPOOL_MAX_BYTES`: when it is full the oldest batches are dropped, counted and logged.
+//! fails. Failed pushes are retried with backoff until Loki takes them. Rejected batches are
+//! fixed when Loki says how (entries too old for the stream), else kept in
+//! `DATA_DIR/rejected/`. The spool is bounded by `SPOOL_MAX_BYTES`: when it is full the oldest
+//! batches are dropped, counted and logged.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,8 +24,8 @@ use crate::time::format_rfc3339;
 
 /// The most memory the bodies of batches waiting for Loki may keep (by buffer capacity),
 /// spooled or not yet written (`Pusher::defer`): two JSON batches of the default size, or
-/// about five compressed ones. When Loki is slower than the watcher, later batches are read back from the spool
-/// (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
+/// about five compressed ones. When Loki is slower than the watcher, later batches are read
+/// back from the spool (into recycled buffers, ~0.1 ms a batch) rather than held in memory.
 const CACHE_MAX: usize = 2 << 20;
 
 /// How many emptied compressed bodies are kept to compress the next batches into. (Emptied
@@ -288,35 +289,25 @@ impl Pusher {
     /// (they will wait), or kube-event is stopping.
     fn spool_deferred(&mut self) {
         let mut safe = Vec::new();
-        for item in self.backlog.iter_mut().filter(|i| i.deferred) {
-            item.deferred = false;
-            let Some(body) = &item.body else { continue };
-            match self.store.write_batch(
-                item.seq,
-                item.entries,
-                item.oldest,
-                item.newest,
-                body,
-                item.encoding,
-            ) {
+        for i in 0..self.backlog.len() {
+            if !self.backlog[i].deferred {
+                continue;
+            }
+            let (seq, entries) = (self.backlog[i].seq, self.backlog[i].entries);
+            match self.write_kept(i) {
                 Ok(bytes) => {
-                    debug!(
-                        "spooled batch {}: {} entries, {bytes} bytes",
-                        item.seq, item.entries
-                    );
-                    self.spool_bytes = self.spool_bytes - item.bytes + bytes;
-                    item.bytes = bytes;
-                    item.spooled = true;
-                    safe.push(item.seq);
+                    debug!("spooled batch {seq}: {entries} entries, {bytes} bytes");
+                    safe.push(seq);
                 }
                 Err(e) => {
                     // Kept in memory, as a batch whose first write failed.
-                    self.cached -= body.capacity();
+                    let item = &mut self.backlog[i];
+                    item.deferred = false;
+                    self.cached -= item.body.as_ref().map_or(0, Vec::capacity);
                     Stats::add(&self.stats.spool_write_errors, 1);
                     error!(
-                        "cannot write batch {} ({} entries) to the spool: {e}; keeping it in \
-                         memory and pushing from there",
-                        item.seq, item.entries
+                        "cannot write batch {seq} ({entries} entries) to the spool: {e}; keeping \
+                         it in memory and pushing from there"
                     );
                 }
             }
@@ -325,6 +316,29 @@ impl Pusher {
             self.mark_safe(seq);
         }
         self.publish_spool();
+    }
+
+    /// Writes `backlog[i]`, a batch held in memory (deferred, or whose write failed), to the
+    /// spool. It keeps its body, now counted in `cached`. Returns the bytes written.
+    fn write_kept(&mut self, i: usize) -> std::io::Result<u64> {
+        let item = &mut self.backlog[i];
+        let body = item.body.as_deref().unwrap_or_default();
+        let bytes = self.store.write_batch(
+            item.seq,
+            item.entries,
+            item.oldest,
+            item.newest,
+            body,
+            item.encoding,
+        )?;
+        self.spool_bytes = self.spool_bytes - item.bytes + bytes;
+        item.bytes = bytes;
+        item.spooled = true;
+        if !item.deferred {
+            self.cached += item.body.as_ref().map_or(0, Vec::capacity);
+        }
+        item.deferred = false;
+        Ok(bytes)
     }
 
     /// Appends the records of safe batches to the journal, in order.
@@ -394,27 +408,14 @@ impl Pusher {
     /// Pushes the oldest batch until Loki takes it (or rejects it for good). Returns false
     /// when the shutdown deadline passed.
     fn push_head(&mut self) -> bool {
-        let Some(head) = self.backlog.front_mut() else {
+        let Some(head) = self.backlog.front() else {
             return true;
         };
         let seq = head.seq;
-        // A batch kept in memory: try the spool again first.
-        if let (false, false, Some(body)) = (head.spooled, head.deferred, &head.body) {
-            if let Ok(bytes) = self.store.write_batch(
-                seq,
-                head.entries,
-                head.oldest,
-                head.newest,
-                body,
-                head.encoding,
-            ) {
-                info!("batch {seq} is in the spool now");
-                self.spool_bytes = self.spool_bytes - head.bytes + bytes;
-                head.bytes = bytes;
-                head.spooled = true;
-                self.cached += body.capacity();
-                self.mark_safe(seq);
-            }
+        // A batch kept in memory because its write failed: try the spool again first.
+        if !head.spooled && !head.deferred && head.body.is_some() && self.write_kept(0).is_ok() {
+            info!("batch {seq} is in the spool now");
+            self.mark_safe(seq);
         }
         let head = &self.backlog[0];
         // The body comes from the item (kept in memory), else from the spool; `own` also
