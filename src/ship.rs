@@ -132,7 +132,21 @@ impl Shipper {
 
     /// A list item (or any object as raw JSON): parses it and offers it.
     pub fn offer(&mut self, raw: &[u8], rv: &mut String) -> Result<(), OutputClosed> {
-        let parsed = crate::scan::event(raw).and_then(|ev| {
+        match crate::scan::event(raw) {
+            Ok(ev) => self.offer_read(raw, Ok(&ev), rv),
+            Err(e) => self.offer_read(raw, Err(e), rv),
+        }
+    }
+
+    /// `offer` of an item already read (`scan::list_each`): `parsed` is the Event read from
+    /// `raw`, or why `raw` is not one.
+    pub fn offer_read(
+        &mut self,
+        raw: &[u8],
+        parsed: Result<&Event<'_>, crate::scan::Error>,
+        rv: &mut String,
+    ) -> Result<(), OutputClosed> {
+        let parsed = parsed.and_then(|ev| {
             // The object's text, for LINE_FORMAT=raw.
             let text = if self.needs_raw() {
                 Some(std::str::from_utf8(raw).map_err(|e| crate::scan::Error {
@@ -156,7 +170,7 @@ impl Shipper {
                 return Ok(());
             }
         };
-        self.offer_event(&ev, text, rv)
+        self.offer_event(ev, text, rv)
     }
 
     /// An ADDED or MODIFIED object, or a list item: ships it if it shows a new occurrence.

@@ -163,7 +163,23 @@ impl Watcher {
                 });
             }
         };
-        let list = match scan::list(body) {
+        // Each item is offered as the page is read (one pass over it). A page that turns out
+        // not to be JSON is listed again from the start; what it offered before the fault
+        // is in the memory of shipped occurrences and is not shipped twice.
+        let mut item_rv = String::new();
+        let mut closed = None;
+        self.shipper().tick(now_ms() / 1000);
+        let read = scan::list_each(body, &mut |raw, ev| {
+            let offered = self.shipper().offer_read(raw, ev, &mut item_rv);
+            if let Err(e) = offered {
+                closed = Some(e);
+            }
+            closed.is_none()
+        });
+        if let Some(e) = closed {
+            return Err(e);
+        }
+        let list = match read {
             Ok(l) => l,
             Err(e) => {
                 error!(
@@ -175,13 +191,8 @@ impl Watcher {
             }
         };
         self.stats.watch_progress();
-        Stats::add(&self.stats.frames[FRAME_LIST], list.items.len() as u64);
-        let mut item_rv = String::new();
-        self.shipper().tick(now_ms() / 1000);
-        for item in &list.items {
-            self.shipper().offer(item, &mut item_rv)?;
-        }
-        self.listed += list.items.len();
+        Stats::add(&self.stats.frames[FRAME_LIST], list.items as u64);
+        self.listed += list.items;
         let page_rv = list.resource_version.as_deref().unwrap_or("");
         let rv = rv.unwrap_or_else(|| page_rv.to_string());
         match list.continue_.as_deref().filter(|c| !c.is_empty()) {
