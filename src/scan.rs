@@ -442,8 +442,10 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A list page's `items`: where each starts and ends.
-    fn items(&mut self, items: &mut Vec<&'a [u8]>) -> Result<()> {
+    /// An array of objects (or `null`): `item` is called with the reader at each object's
+    /// `{` and its position, leaves the reader past the object, and returns `false` to stop.
+    #[inline(always)]
+    fn objects(&mut self, mut item: impl FnMut(&mut Self, usize) -> Result<bool>) -> Result<()> {
         let r = self;
         if r.literal(b"null") || !r.open(b'[', b']', "expected an array")? {
             return Ok(());
@@ -454,12 +456,23 @@ impl<'a> Reader<'a> {
             if r.peek() != Some(b'{') {
                 return r.err("expected an object");
             }
-            r.skip()?;
-            items.push(&r.b[start..r.i]);
+            if !item(r, start)? {
+                return Ok(());
+            }
             if !r.comma_or(b']', "EOF while parsing a list", "expected `,` or `]`")? {
                 return Ok(());
             }
         }
+    }
+
+    /// A list page's `items`: where each starts and ends.
+    fn items(&mut self, items: &mut Vec<&'a [u8]>) -> Result<()> {
+        let b = self.b;
+        self.objects(|r, start| {
+            r.skip()?;
+            items.push(&b[start..r.i]);
+            Ok(true)
+        })
     }
 
     /// `items`, each item read as an Event where it stands and handed to `each` (see
@@ -470,39 +483,27 @@ impl<'a> Reader<'a> {
         head: &mut ListHead<'a>,
         each: &mut dyn FnMut(&'a [u8], Result<&Event<'a>>) -> bool,
     ) -> Result<()> {
-        let r = self;
-        if r.literal(b"null") || !r.open(b'[', b']', "expected an array")? {
-            return Ok(());
-        }
-        loop {
-            r.ws();
-            let start = r.i;
-            if r.peek() != Some(b'{') {
-                return r.err("expected an object");
-            }
+        let b = self.b;
+        self.objects(|r, start| {
             let mut ev = Event::default();
-            let read = r.event(&mut ev);
-            let go_on = match read {
-                Ok(()) => each(&r.b[start..r.i], Ok(&ev)),
+            let go_on = match r.event(&mut ev) {
+                Ok(()) => each(&b[start..r.i], Ok(&ev)),
                 Err(e) => {
                     // Not an Event as kube-event reads one: past it as any value (an error
                     // here is the page's), and the item's own error, from its start.
                     r.i = start;
                     r.skip()?;
                     let at = e.at.saturating_sub(start);
-                    each(&r.b[start..r.i], Err(Error { at, what: e.what }))
+                    each(&b[start..r.i], Err(Error { at, what: e.what }))
                 }
             };
             head.items += 1;
             if !go_on {
                 head.stopped = true;
-                r.i = r.b.len();
-                return Ok(());
+                r.i = b.len();
             }
-            if !r.comma_or(b']', "EOF while parsing a list", "expected `,` or `]`")? {
-                return Ok(());
-            }
-        }
+            Ok(go_on)
+        })
     }
 
     fn event(&mut self, ev: &mut Event<'a>) -> Result<()> {
