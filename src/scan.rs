@@ -169,7 +169,8 @@ pub struct ListPage<'a> {
 }
 
 /// Reads a list page, finding where each item starts and ends (an item is only checked for
-/// its nesting here; `event` reads it).
+/// its nesting here; `event` reads it). For `--check`; the watcher reads its pages in one
+/// pass with [`list_each`].
 pub fn list(input: &[u8]) -> Result<ListPage<'_>> {
     let mut r = Reader { b: input, i: 0 };
     let mut page = ListPage {
