@@ -284,6 +284,64 @@ fn a_malformed_frame_is_logged_and_skipped() {
 }
 
 #[test]
+fn a_list_item_that_is_not_an_event_is_logged_and_the_rest_of_its_page_ships() {
+    let rig = Rig::new();
+    create_events(&rig.api, "demo", "a", 3);
+    let mut bad = core_event("demo", "bad.x", "BackOff", "odd", 1, &now_secs());
+    bad["count"] = json!("seven");
+    rig.api.create(bad);
+    create_events(&rig.api, "demo", "b", 3);
+    let ke = rig.start(&[]);
+    rig.api.wait_for_open_watches(1, T);
+    let log = ke.wait_for_stderr("skipping an event that does not parse", T);
+    assert!(log.contains(r#"{"count":"seven""#), "{log}");
+    ke.sigterm();
+    assert!(ke.wait_exit(T).success());
+    let mut names: Vec<String> = rig
+        .loki
+        .entries()
+        .iter()
+        .map(|e| parse_line(e)["event_name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a-0.x", "a-1.x", "a-2.x", "b-0.x", "b-1.x", "b-2.x"]
+    );
+    // One list: the item did not make the page be listed again.
+    assert_eq!(rig.api.lists().len(), 1);
+}
+
+#[test]
+fn a_list_page_that_breaks_off_is_listed_again_and_ships_nothing_twice() {
+    let rig = Rig::new();
+    create_events(&rig.api, "demo", "a", 3);
+    // The first list answers a page that holds the first event whole and then breaks off:
+    // the event is offered as the page is read, before the fault shows.
+    let first = rig.api.get("demo", "a-0.x").unwrap();
+    let broken = format!(
+        r#"{{"kind":"EventList","apiVersion":"v1","metadata":{{"resourceVersion":"{}"}},"items":[{first},{{"metadata":"#,
+        rig.api.resource_version()
+    );
+    rig.api.fail_next(Kind::List, 200, &[], &broken);
+    let ke = rig.start(&[]);
+    ke.wait_for_stderr("the API server sent a list that does not parse", T);
+    rig.api.wait_for_open_watches(1, T);
+    rig.loki.wait_for_entries(3, T);
+    ke.sigterm();
+    assert!(ke.wait_exit(T).success());
+    let mut names: Vec<String> = rig
+        .loki
+        .entries()
+        .iter()
+        .map(|e| parse_line(e)["event_name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a-0.x", "a-1.x", "a-2.x"]);
+    assert_eq!(rig.api.lists().len(), 2);
+}
+
+#[test]
 fn loki_failing_then_recovering_loses_nothing() {
     let rig = Rig::new();
     create_events(&rig.api, "demo", "a", 10);
