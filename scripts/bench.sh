@@ -296,8 +296,8 @@ storm_run() {
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
 
-# The storm, BENCH_RUNS times (default 5): the CPU figure moves by 20-30 % between runs of the
-# same binary on this VM (other tenants), so the median is the figure, with the range. Every
+# The storm, BENCH_RUNS times (default 5): the CPU figure moves by a third or more between runs of
+# the same binary on this VM (other tenants), so the median is the figure, with the range. Every
 # run but the last stops at its N-th entry; the last is reported in full, with the idle window.
 mode_storm() {
     local compression=${1:-$COMPRESSION} d=$WORK/storm-${1:-$COMPRESSION}
