@@ -283,6 +283,21 @@ fn a_malformed_frame_is_logged_and_skipped() {
     assert_eq!(rig.api.lists().len(), 1);
 }
 
+/// Stops kube-event (it pushes what it holds), then the `event_name` of every entry Loki
+/// has, sorted.
+fn names_after_sigterm(rig: &Rig, ke: &support::proc::KubeEvent) -> Vec<String> {
+    ke.sigterm();
+    assert!(ke.wait_exit(T).success());
+    let mut names: Vec<String> = rig
+        .loki
+        .entries()
+        .iter()
+        .map(|e| parse_line(e)["event_name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn a_list_item_that_is_not_an_event_is_logged_and_the_rest_of_its_page_ships() {
     let rig = Rig::new();
@@ -295,15 +310,7 @@ fn a_list_item_that_is_not_an_event_is_logged_and_the_rest_of_its_page_ships() {
     rig.api.wait_for_open_watches(1, T);
     let log = ke.wait_for_stderr("skipping an event that does not parse", T);
     assert!(log.contains(r#"{"count":"seven""#), "{log}");
-    ke.sigterm();
-    assert!(ke.wait_exit(T).success());
-    let mut names: Vec<String> = rig
-        .loki
-        .entries()
-        .iter()
-        .map(|e| parse_line(e)["event_name"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
+    let names = names_after_sigterm(&rig, &ke);
     assert_eq!(
         names,
         ["a-0.x", "a-1.x", "a-2.x", "b-0.x", "b-1.x", "b-2.x"]
@@ -328,15 +335,7 @@ fn a_list_page_that_breaks_off_is_listed_again_and_ships_nothing_twice() {
     ke.wait_for_stderr("the API server sent a list that does not parse", T);
     rig.api.wait_for_open_watches(1, T);
     rig.loki.wait_for_entries(3, T);
-    ke.sigterm();
-    assert!(ke.wait_exit(T).success());
-    let mut names: Vec<String> = rig
-        .loki
-        .entries()
-        .iter()
-        .map(|e| parse_line(e)["event_name"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
+    let names = names_after_sigterm(&rig, &ke);
     assert_eq!(names, ["a-0.x", "a-1.x", "a-2.x"]);
     assert_eq!(rig.api.lists().len(), 2);
 }
