@@ -237,12 +237,7 @@ impl Pusher {
                     }
                 }
                 Err(e) => {
-                    Stats::add(&self.stats.spool_write_errors, 1);
-                    error!(
-                        "cannot write batch {seq} ({} entries) to the spool: {e}; keeping it in memory \
-                         and pushing from there",
-                        sealed.entries
-                    );
+                    self.write_failed(seq, sealed.entries, &e);
                     let n = sealed.body.len() as u64;
                     (false, Some(sealed.body), n)
                 }
@@ -304,11 +299,7 @@ impl Pusher {
                     let item = &mut self.backlog[i];
                     item.deferred = false;
                     self.cached -= item.body.as_ref().map_or(0, Vec::capacity);
-                    Stats::add(&self.stats.spool_write_errors, 1);
-                    error!(
-                        "cannot write batch {seq} ({entries} entries) to the spool: {e}; keeping \
-                         it in memory and pushing from there"
-                    );
+                    self.write_failed(seq, entries, &e);
                 }
             }
         }
@@ -316,6 +307,16 @@ impl Pusher {
             self.mark_safe(seq);
         }
         self.publish_spool();
+    }
+
+    /// Counts and logs a batch that could not be written to the spool: it stays in memory
+    /// and is pushed from there.
+    fn write_failed(&self, seq: u64, entries: usize, e: &std::io::Error) {
+        Stats::add(&self.stats.spool_write_errors, 1);
+        error!(
+            "cannot write batch {seq} ({entries} entries) to the spool: {e}; keeping it in \
+             memory and pushing from there"
+        );
     }
 
     /// Writes `backlog[i]`, a batch held in memory (deferred, or whose write failed), to the
