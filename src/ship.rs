@@ -130,7 +130,9 @@ impl Shipper {
         self.s.format == LineFormat::Raw
     }
 
-    /// A list item (or any object as raw JSON): parses it and offers it.
+    /// An object as raw JSON: parses it and offers it. The watcher reads list items where
+    /// they stand (`scan::list_each`, `offer_read`); this is for the tests.
+    #[cfg(test)]
     pub fn offer(&mut self, raw: &[u8], rv: &mut String) -> Result<(), OutputClosed> {
         match crate::scan::event(raw) {
             Ok(ev) => self.offer_read(raw, Ok(&ev), rv),
@@ -138,8 +140,8 @@ impl Shipper {
         }
     }
 
-    /// `offer` of an item already read (`scan::list_each`): `parsed` is the Event read from
-    /// `raw`, or why `raw` is not one.
+    /// A list item already read (`scan::list_each`): `parsed` is the Event read from `raw`,
+    /// or why `raw` is not one. Offers it, or counts and logs it as malformed.
     pub fn offer_read(
         &mut self,
         raw: &[u8],
