@@ -50,6 +50,11 @@ struct State {
     closing: Option<Instant>,
     /// Push bodies the pusher is done with, to seal the next batches into.
     spare: Vec<Vec<u8>>,
+    /// The watcher waits in `append` for room now.
+    waiting: bool,
+    /// Since when the watcher has been held back: it waited for room, and at every `take`
+    /// since it was waiting again, or had filled the queue again (`held_for`).
+    held_since: Option<Instant>,
 }
 
 impl State {
@@ -151,6 +156,8 @@ impl Queue {
                 rv,
                 closing: None,
                 spare: Vec::new(),
+                waiting: false,
+                held_since: None,
             }),
             cv: Condvar::new(),
             room: Condvar::new(),
@@ -186,12 +193,15 @@ impl Queue {
                     "{} batches wait for the pusher; waiting for room",
                     st.sealed.len()
                 );
+                st.held_since.get_or_insert_with(Instant::now);
+                st.waiting = true;
                 st = self
                     .room
                     .wait_while(st, |st| {
                         st.sealed.len() > SEALED_MAX && st.closing.is_none()
                     })
                     .unwrap_or_else(|e| e.into_inner());
+                st.waiting = false;
             }
         }
         if st.open.is_empty() {
@@ -275,8 +285,20 @@ impl Queue {
     }
 
     /// Takes the sealed batches, sealing the open one first if it is due (or closing).
+    #[cfg(test)]
     pub fn take(&self) -> Taken {
+        self.take_up_to(usize::MAX)
+    }
+
+    /// Takes at most `max` of the sealed batches, oldest first, sealing the open one first if
+    /// it is due (or closing). Those left wait here, and so does a watcher that gets further
+    /// ahead (`SEALED_MAX`).
+    pub fn take_up_to(&self, max: usize) -> Taken {
         let mut st = self.lock();
+        if !st.waiting && st.sealed.len() <= SEALED_MAX {
+            // The watcher kept up since the last take.
+            st.held_since = None;
+        }
         let now = Instant::now();
         let due = st.opened_at.map(|t| t + self.interval);
         if !st.open.is_empty()
@@ -285,13 +307,27 @@ impl Queue {
             st.seal_open(&self.schema, false);
         }
         st.flush = false;
-        self.room.notify_all();
+        let n = st.sealed.len().min(max);
+        if n > 0 {
+            self.room.notify_all();
+        }
+        let sealed = st.sealed.drain(..n).collect();
         Taken {
-            sealed: st.sealed.drain(..).collect(),
+            sealed,
             next_due: st.opened_at.map(|t| t + self.interval),
             closing: st.closing,
-            idle_rv: st.open.is_empty().then(|| st.rv.clone()),
+            // Not while sealed batches wait here: it would run ahead of them.
+            idle_rv: (st.open.is_empty() && st.sealed.is_empty()).then(|| st.rv.clone()),
         }
+    }
+
+    /// How long the watcher has been held back by the pusher: it waited for room, and at
+    /// every `take` since it was waiting again or had filled the queue again. Zero when it
+    /// keeps up.
+    pub fn held_for(&self) -> Duration {
+        self.lock()
+            .held_since
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// Waits until `until` (or for ever), or until there is something to take: a sealed
@@ -523,6 +559,84 @@ mod tests {
         q.wait(Some(until));
         assert!(Instant::now() >= until);
         assert!(q.take().sealed.is_empty());
+    }
+
+    /// `held_for` counts from when the watcher first waits for room, as long as it waits
+    /// again (or has filled the queue again) at every take, and is zero once a take finds it
+    /// keeping up.
+    #[test]
+    fn held_for_counts_while_the_watcher_waits_for_room_and_stops_once_it_keeps_up() {
+        let q = std::sync::Arc::new(Queue::new(
+            Duration::from_secs(3600),
+            1024,
+            Schema::default(),
+            String::new(),
+        ));
+        assert_eq!(q.held_for(), Duration::ZERO);
+        let watcher = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let line = "x".repeat(500);
+                for i in 0..12 {
+                    q.append(labels(), i, Line::Plain(&line), None, None);
+                }
+            })
+        };
+        eventually("the watcher to wait for room", || {
+            q.held_for() > Duration::ZERO
+        });
+        // It was waiting when one batch was taken: still held back, from the same moment.
+        let before = q.held_for();
+        assert_eq!(q.take_up_to(1).sealed.len(), 1);
+        assert!(q.held_for() >= before);
+        while !watcher.is_finished() {
+            q.take_up_to(usize::MAX);
+            std::thread::yield_now();
+        }
+        watcher.join().unwrap();
+        q.take_up_to(usize::MAX);
+        assert_eq!(q.held_for(), Duration::ZERO);
+    }
+
+    /// The pusher takes one batch at a time while Loki is healthy: the others stay queued,
+    /// oldest first, and the resume point does not run ahead of them.
+    #[test]
+    fn take_up_to_leaves_the_rest_queued_and_no_resume_point_ahead_of_them() {
+        let q = Queue::new(
+            Duration::from_secs(3600),
+            1024,
+            Schema::default(),
+            String::new(),
+        );
+        let line = "x".repeat(400);
+        // Closing: more than SEALED_MAX sealed batches do not make `append` wait.
+        q.close(Instant::now() + Duration::from_secs(10));
+        for i in 0..6 {
+            q.append(
+                labels(),
+                i,
+                Line::Plain(&line),
+                None,
+                Some((i as u64, 1, 7)),
+            );
+            q.advance("", &format!("{}", i + 1));
+        }
+        let mut firsts = Vec::new();
+        loop {
+            let t = q.take_up_to(1);
+            if t.sealed.is_empty() {
+                assert_eq!(t.idle_rv.as_deref(), Some("6"));
+                break;
+            }
+            assert_eq!(t.sealed.len(), 1);
+            let (batch, _) = &t.sealed[0];
+            firsts.push(batch.list[0].0);
+            let left = q.pending() > 0;
+            assert_eq!(t.idle_rv.is_none(), left, "{:?}", t.idle_rv);
+        }
+        assert!(firsts.len() >= 3, "{firsts:?}");
+        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+        assert!(q.take_up_to(0).sealed.is_empty());
     }
 
     #[test]

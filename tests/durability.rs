@@ -721,6 +721,95 @@ fn sigkill_while_loki_hangs_on_a_batch_not_yet_written_loses_nothing() {
     assert_no_duplicates(&rig.loki);
 }
 
+/// Creates `n` events whose ~24 KB messages are letters snappy cannot shorten (push bodies
+/// stay as big as their batches), and returns their occurrences.
+fn incompressible_storm(rig: &Rig, n: usize) -> BTreeSet<(String, u64)> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect()
+    };
+    let ts = now_secs();
+    (0..n)
+        .map(|i| {
+            let name = format!("s-{i:03}.x");
+            rig.api
+                .create(event("demo", &name, &format!("{i} {}", noise(24_000)), &ts));
+            (name, 1)
+        })
+        .collect()
+}
+
+/// A Loki that takes every push, but slower than the watch brings events: the watcher waits
+/// for the pusher (the events wait in the API server) instead of the batches going through
+/// the spool, and every occurrence arrives once.
+#[test]
+fn a_storm_faster_than_a_healthy_loki_waits_in_the_api_server_not_in_the_spool() {
+    let rig = Rig::new();
+    rig.loki.throttle(Duration::from_millis(100));
+    // ~10 lines to a batch: 200 events are ~20 batches, whose bodies would pass the 2 MB
+    // the pusher keeps in memory after ~7, were it to take each as it is sealed.
+    let conf: &[(&str, &str)] = &[("BATCH_MAX_BYTES", "262144"), ("LOG_LEVEL", "debug")];
+    let ke = rig.start_watching(conf);
+    let want = incompressible_storm(&rig, 200);
+    wait_for_occurrences(&rig.loki, &want, T);
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    let log = ke.stderr_text();
+    assert!(
+        !log_lines(&log, "waiting for room").is_empty(),
+        "the watcher never waited for the pusher: {} pushes",
+        rig.loki.push_count()
+    );
+    let spooled = log_lines(&log, "spooled batch");
+    assert!(
+        spooled.is_empty(),
+        "{} of {} batches went through the spool though Loki took every push: {:?}",
+        spooled.len(),
+        rig.loki.push_count(),
+        spooled.first()
+    );
+    assert_eq!(rig.loki.entries().len(), 200);
+    assert_no_duplicates(&rig.loki);
+}
+
+/// A Loki too slow for long: once the watcher has been held back for 10 s, the batches go
+/// through the spool (the events are on disk, not waiting in the API server), and every
+/// occurrence arrives once.
+#[test]
+fn a_loki_too_slow_for_long_has_the_batches_spooled_after_ten_seconds() {
+    let rig = Rig::new();
+    rig.loki.throttle(Duration::from_millis(600));
+    // ~24 batches, 0.6 s a push: ~14 s one at a time.
+    let conf: &[(&str, &str)] = &[("BATCH_MAX_BYTES", "262144"), ("LOG_LEVEL", "debug")];
+    let ke = rig.start_watching(conf);
+    let started = Instant::now();
+    let want = incompressible_storm(&rig, 240);
+    let log = ke.wait_for_stderr("spooled batch", Duration::from_secs(40));
+    let spilled = started.elapsed();
+    assert!(
+        spilled >= Duration::from_secs(10),
+        "spooled after {spilled:?}, though Loki took every push: {:?}",
+        log_lines(&log, "spooled batch").first()
+    );
+    wait_for_occurrences(&rig.loki, &want, Duration::from_secs(40));
+    ke.sigterm();
+    assert_eq!(ke.wait_exit(T).code(), Some(0), "{}", ke.stderr_text());
+    assert_eq!(rig.loki.entries().len(), 240);
+    assert_no_duplicates(&rig.loki);
+    assert!(
+        spool_files(&rig.spool()).is_empty(),
+        "{:?}",
+        names_in(&rig.spool())
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. A full spool drops its oldest batches.
 

@@ -81,6 +81,8 @@ struct State {
     hold: bool,
     /// Push requests waiting now.
     held: usize,
+    /// How long each push takes before it is answered (`throttle`).
+    latency: Duration,
 }
 
 /// The longest a held push waits for `release`.
@@ -149,6 +151,7 @@ impl FakeLoki {
             validate_time: true,
             hold: false,
             held: 0,
+            latency: Duration::ZERO,
         }));
         let handler_shared = shared.clone();
         let http = HttpServer::start(
@@ -224,6 +227,12 @@ impl FakeLoki {
     /// `release` makes it fail, and nothing of it is stored).
     pub fn hold(&self) {
         self.shared.update(|s| s.hold = true);
+    }
+
+    /// Each push is answered `latency` after it arrived, as usual otherwise: a Loki that
+    /// takes every push, slower than kube-event can read the watch.
+    pub fn throttle(&self, latency: Duration) {
+        self.shared.update(|s| s.latency = latency);
     }
 
     /// Answers the held push requests, and the next ones, as usual.
@@ -341,6 +350,11 @@ fn handle(shared: &Arc<Shared<State>>, req: &Request) -> Response {
     }
     if req.method != "POST" {
         return Response::go_error(405, "Method Not Allowed");
+    }
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        // A slow Loki, not a synchronisation: the push is answered this much later.
+        std::thread::sleep(latency);
     }
     {
         let mut s = shared.lock();
