@@ -50,8 +50,8 @@ struct State {
     closing: Option<Instant>,
     /// Push bodies the pusher is done with, to seal the next batches into.
     spare: Vec<Vec<u8>>,
-    /// The watcher waits in `append` for room now.
-    waiting: bool,
+    /// Watchers waiting in `append` for room now (one per watched scope at most).
+    waiting: usize,
     /// Since when the watcher has been held back: it waited for room, and at every `take`
     /// since it was waiting again, or had filled the queue again (`held_for`).
     held_since: Option<Instant>,
@@ -156,7 +156,7 @@ impl Queue {
                 rv,
                 closing: None,
                 spare: Vec::new(),
-                waiting: false,
+                waiting: 0,
                 held_since: None,
             }),
             cv: Condvar::new(),
@@ -194,14 +194,14 @@ impl Queue {
                     st.sealed.len()
                 );
                 st.held_since.get_or_insert_with(Instant::now);
-                st.waiting = true;
+                st.waiting += 1;
                 st = self
                     .room
                     .wait_while(st, |st| {
                         st.sealed.len() > SEALED_MAX && st.closing.is_none()
                     })
                     .unwrap_or_else(|e| e.into_inner());
-                st.waiting = false;
+                st.waiting -= 1;
             }
         }
         if st.open.is_empty() {
@@ -295,7 +295,7 @@ impl Queue {
     /// ahead (`SEALED_MAX`).
     pub fn take_up_to(&self, max: usize) -> Taken {
         let mut st = self.lock();
-        if !st.waiting && st.sealed.len() <= SEALED_MAX {
+        if st.waiting == 0 && st.sealed.len() <= SEALED_MAX {
             // The watcher kept up since the last take.
             st.held_since = None;
         }
