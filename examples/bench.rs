@@ -1491,21 +1491,11 @@ fn offer(frames: &[&[u8]], format: kube_event::batch::Format) -> Vec<Vec<u8>> {
             .expect("no stdout");
         shipper.advance("", &rv);
         if i % 1024 == 1023 {
-            bodies.extend(
-                q.take_up_to(usize::MAX)
-                    .sealed
-                    .into_iter()
-                    .map(|(b, _)| b.body),
-            );
+            bodies.extend(q.take().sealed.into_iter().map(|(b, _)| b.body));
         }
     }
     q.close(Instant::now());
-    bodies.extend(
-        q.take_up_to(usize::MAX)
-            .sealed
-            .into_iter()
-            .map(|(b, _)| b.body),
-    );
+    bodies.extend(q.take().sealed.into_iter().map(|(b, _)| b.body));
     bodies
 }
 

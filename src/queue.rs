@@ -285,7 +285,6 @@ impl Queue {
     }
 
     /// Takes the sealed batches, sealing the open one first if it is due (or closing).
-    #[cfg(test)]
     pub fn take(&self) -> Taken {
         self.take_up_to(usize::MAX)
     }

@@ -92,7 +92,7 @@ fn allocations_per_event(frames: &[String], measured: usize, format: Format) -> 
         if i % 64 == 63 {
             // What the pusher does with each sealed batch, once pushed.
             COUNTING.with(|c| c.set(false));
-            taken.extend(q.take_up_to(usize::MAX).sealed);
+            taken.extend(q.take().sealed);
             COUNTING.with(|c| c.set(i >= start_counting));
             for (sealed, _) in taken.drain(..) {
                 q.recycle(Some(sealed.body));
