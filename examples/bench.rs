@@ -30,8 +30,8 @@
 //! `hotpath` runs, in this process and without sockets, what kube-event does per event on
 //! the same N frames: parse (`scan::frame`), parse and offer to the Shipper (line, hash,
 //! memory of shipped occurrences, batch, sealing push bodies of 1 MiB), the pusher's
-//! encoding of those bodies as snappy protobuf (`LOKI_COMPRESSION=snappy`), and their gzip at
-//! levels 1 and 6. It prints ns/event and heap allocations/event per stage (best of
+//! encoding of those bodies as snappy protobuf (`LOKI_COMPRESSION=snappy`), and their gzip
+//! (kube-event's `deflate.rs`; and flate2's levels 1 and 6, for comparison). It prints ns/event and heap allocations/event per stage (best of
 //! `--runs`); run it under `valgrind --tool=callgrind` for instruction counts.
 //!
 //! `loki` is a plain-HTTP sink on 127.0.0.1 for `POST /loki/api/v1/push` (snappy protobuf,
@@ -1422,10 +1422,19 @@ fn hotpath(o: &Opts) {
         allocs,
         format!("({} JSON bodies, {raw} bytes)", bodies.len()),
     );
-    for level in [1, 6] {
-        let (ns, allocs, zipped) = best_of(o.runs, || stage_gzip(&bodies, level));
+    // kube-event's own encoder (`deflate.rs`), then flate2's (miniz_oxide) for comparison.
+    let gzips: [(&str, Option<u32>); 3] = [
+        ("gzip", None),
+        ("flate2 level 1", Some(1)),
+        ("flate2 level 6", Some(6)),
+    ];
+    for (name, level) in gzips {
+        let (ns, allocs, zipped) = best_of(o.runs, || match level {
+            None => stage_gzip(&bodies),
+            Some(level) => stage_flate2(&bodies, level),
+        });
         report(
-            &format!("gzip level {level}"),
+            name,
             ns,
             allocs,
             format!(
@@ -1517,13 +1526,37 @@ fn stage_snappy(bodies: &[Vec<u8>]) -> usize {
 /// The pusher's compression of the bodies (one reused gzip state, as the pusher keeps);
 /// returns the compressed size.
 #[inline(never)]
-fn stage_gzip(bodies: &[Vec<u8>], level: u32) -> usize {
-    let mut z = kube_event::loki::Gzip::with_level(level);
+fn stage_gzip(bodies: &[Vec<u8>]) -> usize {
+    let mut z = kube_event::loki::Gzip::default();
     let mut out = Vec::new();
     bodies
         .iter()
         .map(|b| {
             z.compress_into(b, &mut out);
+            out.len()
+        })
+        .sum()
+}
+
+/// The same bodies deflated by flate2 at `level` (one reused state; no gzip framing).
+#[inline(never)]
+fn stage_flate2(bodies: &[Vec<u8>], level: u32) -> usize {
+    let mut z = flate2::Compress::new(flate2::Compression::new(level), false);
+    let mut out = Vec::new();
+    bodies
+        .iter()
+        .map(|b| {
+            z.reset();
+            out.clear();
+            out.reserve(b.len() / 2 + 64);
+            loop {
+                let done = z.total_in() as usize;
+                match z.compress_vec(&b[done..], &mut out, flate2::FlushCompress::Finish) {
+                    Ok(flate2::Status::StreamEnd) => break,
+                    Ok(_) => out.reserve(out.capacity().max(4096)),
+                    Err(e) => panic!("deflate in memory: {e}"),
+                }
+            }
             out.len()
         })
         .sum()

@@ -47,58 +47,26 @@ pub struct Client {
     proto: Option<crate::proto::Encoder>,
 }
 
-/// The deflate state, kept from one push to the next. A fresh state is a few hundred KB of
-/// tables; in the static musl binary every such allocation was a new mapping faulted in page
-/// by page, for every batch (issue 6: ~1,000 page faults per batch).
+/// The gzip encoder, kept from one push to the next: `deflate.rs`'s table is 64 KiB, which
+/// in the static musl binary would be a fresh mapping faulted in for every batch.
+#[derive(Default)]
 pub struct Gzip {
-    deflate: flate2::Compress,
-}
-
-impl Default for Gzip {
-    /// Level 1, what kube-event pushes with.
-    fn default() -> Gzip {
-        Gzip::with_level(1)
-    }
+    deflate: crate::deflate::Encoder,
 }
 
 impl Gzip {
-    /// Another level, for the benchmark's comparison.
-    pub fn with_level(level: u32) -> Gzip {
-        Gzip {
-            deflate: flate2::Compress::new(flate2::Compression::new(level), false),
-        }
-    }
-
     /// `body` as a gzip member (RFC 1952: a 10-byte header, raw deflate, CRC-32 and length),
-    /// into `out` (cleared first). A body of typical events shrinks 3.4x at level 1 and 5.3x at
-    /// level 6, for 3.5 times the CPU (`bench hotpath`).
+    /// into `out` (cleared first). A body of typical events shrinks 3.4 times (`deflate.rs`).
     pub fn compress_into(&mut self, body: &[u8], out: &mut Vec<u8>) {
-        // XFL 0: flate2's encoder writes the same for every level.
+        // No flags, no time, XFL 0, OS 255 (unknown): what flate2's encoder writes.
         const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
         out.clear();
-        out.reserve(body.len() / 3 + 64);
         out.extend_from_slice(&HEADER);
-        self.deflate.reset();
-        loop {
-            let done = self.deflate.total_in() as usize;
-            match self
-                .deflate
-                .compress_vec(&body[done..], out, flate2::FlushCompress::Finish)
-            {
-                Ok(flate2::Status::StreamEnd) => break,
-                // Out of room in `out`.
-                Ok(_) => out.reserve(out.capacity().max(4096)),
-                // Compressing into memory only fails on a bug in the library; an empty
-                // output would then be refused by Loki and kept, not lost.
-                Err(_) => {
-                    out.clear();
-                    break;
-                }
-            }
-        }
+        self.deflate.compress(body, out);
         let mut crc = flate2::Crc::new();
         crc.update(body);
         out.extend_from_slice(&crc.sum().to_le_bytes());
+        // ISIZE: the length modulo 2^32 (RFC 1952 2.3.1).
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     }
 }

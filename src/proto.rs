@@ -2,9 +2,10 @@
 //! body Promtail and Alloy send, snappy-compressed (`LOKI_COMPRESSION=snappy`, the default;
 //! protocols.md 5.2: a body that is not `application/json` is read as snappy protobuf).
 //!
-//! Why: gzip (level 1) of a JSON body cost ~11,000 instructions per event, 30 % of
-//! kube-event's CPU per event (issue 6); snappy of the same entries as protobuf costs ~4,000
-//! (benches/README.md has the figures).
+//! Why: gzip (zlib-rs's level 1) of a JSON body cost ~11,000 instructions per event, 30 % of
+//! kube-event's CPU per event (issue 6); snappy of the same entries as protobuf cost ~4,000,
+//! and ~2,700 with `snappy.rs` (benches/README.md has the figures; gzip is now `deflate.rs`'s,
+//! ~6,200).
 //!
 //! `batch.rs` seals a batch as protobuf with [`Sealer`]; [`Encoder`] compresses it. JSON stays
 //! the form that re-stamping, `rejected/`, `--show-batch` and `LOKI_COMPRESSION=gzip|none` work

@@ -7,18 +7,10 @@
 //! bodies of the benchmark's storm this takes ~23 % fewer instructions per byte (6.0 against
 //! 7.8; 2,680 per event) and runs ~30 % faster, for bodies 0.3 % larger (benches/README.md).
 //! The format and the shape of the search are snappy's (64 KiB fragments, a 16 Ki-entry table
-//! of positions, the skip that speeds up over bytes that do not compress). What differs:
-//!
-//! - **Matches are searched at every other byte** and, once found, extended backwards over the
-//!   bytes the search stepped past, as LZ4 does. Event lines are JSON: most of what repeats
-//!   (keys, label values, prefixes of names) is longer than the step, and most of what does
-//!   not (uids, times, counts) costs one probe per two bytes instead of one per byte.
-//! - **The table is keyed by 5 bytes, not 4.** A 4-byte coincidence in JSON (`":"1`, `0-4b`)
-//!   is rarely worth a copy: it cuts a literal in two for a 2-byte saving. Fewer false starts
-//!   also mean fewer branches mispredicted.
-//! - **Short literals are copied as one 16-byte move**, into room the output keeps for it
-//!   ([`room`]), and nothing is bounds-checked inside the loop: the invariants are stated
-//!   where the pointers are used.
+//! of positions, the skip that speeds up over bytes that do not compress); the search, shared
+//! with `deflate.rs`, is `lz.rs`, which says what differs from snappy's. Short literals are
+//! copied as one 16-byte move, into room the output keeps for it ([`room`]), and nothing is
+//! bounds-checked: the invariants are stated where the pointers are used.
 //!
 //! Format (github.com/google/snappy, format_description.txt): the uncompressed length as a
 //! varint, then elements. A literal's tag is `(len-1) << 2` for up to 60 bytes, else 60 or 61
@@ -27,16 +19,8 @@
 //! fragment, as the C++ encoder's do.
 
 /// Input is compressed in fragments of this size; the table is cleared between them.
-const FRAGMENT: usize = 1 << 16;
-/// log2 of the table's entries (u16 positions within a fragment: 32 KiB).
-const TABLE_BITS: u32 = 14;
-/// The search stops this far before a fragment's end, so that every 8-byte load in it is
-/// within the fragment. The last bytes go out as a literal.
-const MARGIN: usize = 16;
-/// Bytes between two probes of the search, before the skip makes the step longer.
-const STEP: usize = 2;
-/// A match is at least this long: the table is keyed by this many bytes.
-const MIN_MATCH: usize = 5;
+const FRAGMENT: usize = crate::lz::WHOLE;
+use crate::lz::{MARGIN, MIN_MATCH};
 /// Room past the end of the output that a short literal's 16-byte move may write into.
 const SLACK: usize = 16;
 
@@ -49,15 +33,15 @@ fn room(n: usize) -> usize {
 /// The largest input a snappy block can hold: its length is a 32-bit varint.
 pub const MAX_INPUT: usize = u32::MAX as usize;
 
-/// Keeps the table from one body to the next (32 KiB, cleared per fragment).
+/// Keeps the search's table from one body to the next (32 KiB, cleared per fragment).
 pub struct Encoder {
-    table: Box<[u16; 1 << TABLE_BITS]>,
+    table: Box<crate::lz::Table>,
 }
 
 impl Default for Encoder {
     fn default() -> Self {
         Encoder {
-            table: Box::new([0; 1 << TABLE_BITS]),
+            table: crate::lz::table(),
         }
     }
 }
@@ -94,115 +78,41 @@ impl Encoder {
     /// 257 bytes or more, and the copy after a literal saves at least 2 (5 bytes or more as 2
     /// or 3); only the fragment's last literal has no copy after it. A short literal may also
     /// write `SLACK` bytes past its end.
-    unsafe fn fragment(&mut self, src: &[u8], dst: *mut u8, mut d: usize) -> usize {
+    unsafe fn fragment(&mut self, src: &[u8], dst: *mut u8, d: usize) -> usize {
         let len = src.len();
-        let p = src.as_ptr();
-        // SAFETY (all of this function): every load is of 8 bytes at a position `at` with
-        // `at + 8 <= len` (`at <= limit + 7`, or `at <= end8` in the extension, or a candidate
-        // that is earlier than such a position), or of one byte below `s` or `cand`, which are
-        // both above 0 when it is read, or a short literal's 16 bytes from `next_emit`, which
-        // is at most `s <= limit`, so they end by `limit + 16 = len`. Table slots are
-        // `hash(..) < 1 << TABLE_BITS`, and the table only holds positions below `len`
-        // (written this fragment, or 0 from the fill), so every candidate is a valid position.
-        // Writes follow `fragment`'s contract.
+        // SAFETY: the elements written are this function's contract; `Elements` writes
+        // nothing else.
         unsafe {
             if len <= MARGIN {
-                return tail(dst, d, p, len);
+                return tail(dst, d, src.as_ptr(), len);
             }
-            self.table.fill(0);
-            let t = self.table.as_mut_ptr();
-            let limit = len - MARGIN;
-            let end8 = len - 8;
-            let mut next_emit = 0;
-            let mut s = 1;
-            'fragment: loop {
-                // Search: probe every STEP bytes, then longer steps after 32 misses in a row
-                // (snappy's skip), until 5 bytes at `s` equal 5 at the table's candidate.
-                let mut skip = 32;
-                let mut cand;
-                loop {
-                    if s > limit {
-                        break 'fragment;
-                    }
-                    let cur = key(p.add(s));
-                    let h = hash(cur);
-                    cand = *t.add(h) as usize;
-                    *t.add(h) = s as u16;
-                    if key(p.add(cand)) == cur {
-                        break;
-                    }
-                    s += (skip >> 5) * STEP;
-                    skip += 1;
-                }
-                // The bytes the search stepped over may begin the match.
-                while s > next_emit && cand > 0 && *p.add(s - 1) == *p.add(cand - 1) {
-                    s -= 1;
-                    cand -= 1;
-                }
-                d = literal(dst, d, p.add(next_emit), s - next_emit);
-                loop {
-                    let start = s;
-                    let (mut a, mut b) = (s + MIN_MATCH, cand + MIN_MATCH);
-                    loop {
-                        if a > end8 {
-                            while a < len && *p.add(a) == *p.add(b) {
-                                a += 1;
-                                b += 1;
-                            }
-                            break;
-                        }
-                        let x = u64::from_le(load64(p.add(a)) ^ load64(p.add(b)));
-                        if x != 0 {
-                            a += (x.trailing_zeros() / 8) as usize;
-                            break;
-                        }
-                        a += 8;
-                        b += 8;
-                    }
-                    s = a;
-                    d = copy(dst, d, start - cand, s - start);
-                    next_emit = s;
-                    if s > limit {
-                        break 'fragment;
-                    }
-                    // As snappy does: remember the byte before, and try a match right here.
-                    *t.add(hash(key(p.add(s - 1)))) = (s - 1) as u16;
-                    let cur = key(p.add(s));
-                    let h = hash(cur);
-                    cand = *t.add(h) as usize;
-                    *t.add(h) = s as u16;
-                    if key(p.add(cand)) != cur {
-                        s += 1;
-                        break;
-                    }
-                }
-            }
-            tail(dst, d, p.add(next_emit), len - next_emit)
+            let mut e = Elements { dst, d };
+            let next_emit = crate::lz::search::<_, FRAGMENT>(&mut self.table, src, &mut e);
+            tail(e.dst, e.d, src.as_ptr().add(next_emit), len - next_emit)
         }
     }
 }
 
-/// The `MIN_MATCH` bytes at `at`, as the low 40 bits of a little-endian word shifted to the top.
-///
-/// # Safety
-/// `at` must be valid for reading 8 bytes.
-#[inline(always)]
-unsafe fn key(at: *const u8) -> u64 {
-    // SAFETY: the caller's.
-    u64::from_le(unsafe { load64(at) }) << (64 - 8 * MIN_MATCH as u32)
+/// Writes the search's findings as snappy elements at `dst + d`. Made only by `fragment`,
+/// whose contract is the room they need.
+struct Elements {
+    dst: *mut u8,
+    d: usize,
 }
 
-#[inline(always)]
-fn hash(key: u64) -> usize {
-    (key.wrapping_mul(0xcf1b_bcdc_b7a5_6463) >> (64 - TABLE_BITS)) as usize
-}
+impl crate::lz::Sink for Elements {
+    #[inline(always)]
+    fn literals(&mut self, src: &[u8], from: usize, to: usize) {
+        debug_assert!(from <= to && from + MARGIN <= src.len());
+        // SAFETY: `fragment`'s room; the 16 bytes from `from` are within `src` (`Sink`).
+        self.d = unsafe { literal(self.dst, self.d, src.as_ptr().add(from), to - from) };
+    }
 
-/// # Safety
-/// `at` must be valid for reading 8 bytes.
-#[inline(always)]
-unsafe fn load64(at: *const u8) -> u64 {
-    // SAFETY: the caller's.
-    unsafe { at.cast::<u64>().read_unaligned() }
+    #[inline(always)]
+    fn copy(&mut self, distance: usize, len: usize) {
+        // SAFETY: `fragment`'s room; distances are within the fragment.
+        self.d = unsafe { copy(self.dst, self.d, distance, len) };
+    }
 }
 
 /// A literal of `n` bytes from `src`, at `dst + d`; returns the new end.
@@ -310,24 +220,7 @@ unsafe fn copy2(dst: *mut u8, d: usize, offset: usize, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// xorshift64: the same pseudo-random bytes on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::testutil::{event_lines, random_mixture, Rng};
 
     /// Compresses `input`, checks the bound, and decodes it with the `snap` crate (the decoder
     /// Loki's Go snappy agrees with). Returns the compressed size.
@@ -357,53 +250,6 @@ mod tests {
             );
         }
         out.len()
-    }
-
-    /// Lines like the benchmark's storm: JSON with the same keys, varied values and uids.
-    fn event_lines(n: usize, rng: &mut Rng) -> Vec<u8> {
-        let reasons = [
-            "BackOff",
-            "Pulled",
-            "Created",
-            "Started",
-            "Unhealthy",
-            "Killing",
-        ];
-        let names = ["web", "api", "cache", "worker", "gateway", "postgres"];
-        let mut out = Vec::new();
-        for i in 0..n {
-            let (reason, name) = (reasons[rng.below(6)], names[rng.below(6)]);
-            let uid = |r: &mut Rng| {
-                let (a, b) = (r.next(), r.next());
-                format!(
-                    "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-                    a >> 32,
-                    a >> 16 & 0xffff,
-                    a & 0xffff,
-                    b >> 48,
-                    b & 0xffff_ffff_ffff
-                )
-            };
-            let line = format!(
-                "{{\"time\":\"2026-11-26T13:{:02}:{:02}Z\",\"type\":\"Normal\",\"reason\":\"{reason}\",\
-                 \"namespace\":\"shop-{}\",\"kind\":\"Pod\",\"name\":\"{name}-{:x}\",\"message\":\
-                 \"{reason} container {name} in pod {name}-{:x}\",\"count\":{},\"component\":\"kubelet\",\
-                 \"host\":\"node-{:02}\",\"event_uid\":\"{}\",\"object_uid\":\"{}\"}}",
-                i / 60 % 60,
-                i % 60,
-                rng.below(8),
-                rng.next() >> 40,
-                rng.next() >> 40,
-                rng.below(60),
-                rng.below(40),
-                uid(rng),
-                uid(rng),
-            );
-            // As in a protobuf body: a varint length before each line.
-            out.extend_from_slice(&[0x12, line.len() as u8 | 0x80, (line.len() >> 7) as u8]);
-            out.extend_from_slice(line.as_bytes());
-        }
-        out
     }
 
     #[test]
@@ -443,28 +289,7 @@ mod tests {
     fn round_trips_random_mixtures_of_literals_and_repeats() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for case in 0..400 {
-            let target = if case % 50 == 0 {
-                150_000
-            } else {
-                rng.below(3000)
-            };
-            let alphabet = [2, 4, 16, 256][rng.below(4)];
-            let mut v: Vec<u8> = Vec::with_capacity(target);
-            while v.len() < target {
-                if v.len() > 8 && rng.below(3) > 0 {
-                    // A repeat of earlier bytes, possibly overlapping itself.
-                    let offset = 1 + rng.below(v.len().min(70_000));
-                    let n = 1 + rng.below(300);
-                    for _ in 0..n {
-                        v.push(v[v.len() - offset]);
-                    }
-                } else {
-                    for _ in 0..1 + rng.below(80) {
-                        v.push((rng.next() % alphabet) as u8);
-                    }
-                }
-            }
-            round_trip(&v);
+            round_trip(&random_mixture(&mut rng, case));
         }
     }
 
