@@ -1,6 +1,6 @@
 //! A deflate compressor for the gzip push bodies (`LOKI_COMPRESSION=gzip`): one block with
 //! the fixed Huffman codes of RFC 1951, what zlib-ng's and zlib-rs's level 1 (`deflate_quick`)
-//! also writes, found by the search of `snappy.rs`. Any inflater reads it (Loki's is Go's
+//! also writes, with the search `snappy.rs` also uses (`lz.rs`). Any inflater reads it (Loki's is Go's
 //! `compress/gzip`); the `flate2` crate stays in the build to read gzip back (a spooled body
 //! shown as JSON) and for the CRC-32.
 //!
@@ -10,10 +10,9 @@
 //! zlib-rs's level 1 makes them, within a few percent (benches/README.md): both use the fixed
 //! codes, and what differs is only which repeats are found.
 //!
-//! The search is `lz.rs`'s, which `snappy.rs` also uses, over the whole body instead of
-//! 64 KiB fragments, with copies reaching back at most 32 KiB, deflate's window. Bits are
-//! gathered in a 64-bit word and stored 8 bytes at a time; eight ASCII literals are coded at
-//! once.
+//! The search runs over the whole body instead of snappy's 64 KiB fragments, with copies
+//! reaching back at most 32 KiB, deflate's window. Bits are gathered in a 64-bit word and
+//! stored 8 bytes at a time; eight ASCII literals are coded at once.
 //!
 //! Format (RFC 1951, 3.2.5–3.2.6): a block header (BFINAL 1, BTYPE 01), symbols, and the end
 //! of block (256). Literal and length symbols 0–143 are 8-bit codes from `0x30`, 144–255 9-bit
@@ -48,7 +47,7 @@ impl Default for Encoder {
 
 impl Encoder {
     /// Appends `input` to `out` as a raw deflate stream (one final block). `out` grows as
-    /// the output does, from a third of the input (event batches compress 3.4 times).
+    /// the output does, from a third of the input (event batches compress 3.3 times).
     pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() / 3 + 64);
         // BFINAL = 1, then BTYPE = 01 (fixed codes), from the least significant bit.
