@@ -175,6 +175,13 @@ impl Client {
         let agent = crate::http::agent(
             crate::http::agent_config(tls, crate::http::API_BUFFERS)
                 .timeout_recv_response(Some(Duration::from_secs(60)))
+                // No `Accept-Encoding: gzip` (ureq's default): an API server gzips a list
+                // page over 128 KiB for a client that accepts it, and kube-event runs next
+                // to it, where that costs the server its compression and kube-event its
+                // inflation (~1.2 KB of JSON an event) and saves nothing. The control plane's
+                // own components turn it off for the same reason (kubernetes#80919); a
+                // kubeconfig's `disable-compression` is so always true here.
+                .accept_encoding("")
                 .build(),
         );
         Ok(Client {
