@@ -48,7 +48,7 @@ pub trait Sink {
     /// `from` are within `src`, whatever `to` is.
     fn literals(&mut self, src: &[u8], from: usize, to: usize);
     /// A copy of `len` bytes (at least [`MIN_MATCH`]) from `distance` back (1 to the
-    /// search's `window`).
+    /// search's `WINDOW`, and below 65,536).
     fn copy(&mut self, distance: usize, len: usize);
 }
 

@@ -94,7 +94,8 @@ impl Encoder {
 }
 
 /// Writes the search's findings as snappy elements at `dst + d`. Made only by `fragment`,
-/// whose contract is the room they need.
+/// whose contract is the room they need, and private to this file: only `lz::search` calls
+/// its methods, with what `lz::Sink` promises.
 struct Elements {
     dst: *mut u8,
     d: usize,
