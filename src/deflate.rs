@@ -145,9 +145,25 @@ impl Writer<'_> {
             }
         }
         let rest = words.remainder();
-        let half = rest.len() / 2;
-        self.codes(&rest[..half]);
-        self.codes(&rest[half..]);
+        if rest.is_empty() {
+            return;
+        }
+        let mut w = 0;
+        for (i, &b) in rest.iter().enumerate() {
+            w |= u64::from(b) << (8 * i);
+        }
+        if w & 0x8080_8080_8080_8080 == 0 {
+            // Up to 7 ASCII bytes: their codes as `ascii` makes them, in one put of 8 bits
+            // each (at most 56, with at most 7 gathered).
+            let bits = 8 * rest.len() as u32;
+            self.bits |= (ascii_codes(w) & ((1 << bits) - 1)) << self.n;
+            self.n += bits;
+            self.store();
+        } else {
+            let half = rest.len() / 2;
+            self.codes(&rest[..half]);
+            self.codes(&rest[half..]);
+        }
     }
 
     /// Eight ASCII bytes (`w`, the first in its low byte): 8-bit codes, `0x30 + b` each, so
@@ -156,11 +172,7 @@ impl Writer<'_> {
     /// where the table takes ~6.
     #[inline(always)]
     fn ascii(&mut self, w: u64) {
-        // No byte is above 0x7f: none carries into the next.
-        let mut x = w + 0x3030_3030_3030_3030;
-        x = (x >> 1 & 0x5555_5555_5555_5555) | (x & 0x5555_5555_5555_5555) << 1;
-        x = (x >> 2 & 0x3333_3333_3333_3333) | (x & 0x3333_3333_3333_3333) << 2;
-        x = (x >> 4 & 0x0f0f_0f0f_0f0f_0f0f) | (x & 0x0f0f_0f0f_0f0f_0f0f) << 4;
+        let x = ascii_codes(w);
         let at = self.out.len();
         debug_assert!(self.out.capacity() - at >= 8 && self.n < 8);
         // SAFETY: `emit_literals` made room for 8 bytes a literal; all 8 written hold bits.
@@ -220,6 +232,17 @@ impl Writer<'_> {
         self.put(dist_code, dist_bits);
         self.store();
     }
+}
+
+/// The 8-bit literal codes of the ASCII bytes of `w` (none above 0x7f), each in its byte:
+/// `0x30 + b` with its bits reversed.
+#[inline(always)]
+fn ascii_codes(w: u64) -> u64 {
+    // No byte is above 0x7f: none carries into the next.
+    let mut x = w + 0x3030_3030_3030_3030;
+    x = (x >> 1 & 0x5555_5555_5555_5555) | (x & 0x5555_5555_5555_5555) << 1;
+    x = (x >> 2 & 0x3333_3333_3333_3333) | (x & 0x3333_3333_3333_3333) << 2;
+    (x >> 4 & 0x0f0f_0f0f_0f0f_0f0f) | (x & 0x0f0f_0f0f_0f0f_0f0f) << 4
 }
 
 /// `code`'s `len` bits in the opposite order: Huffman codes are packed from their top bit.
