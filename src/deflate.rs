@@ -131,6 +131,7 @@ impl Writer<'_> {
         self.n -= whole * 8;
     }
 
+    #[inline(always)]
     fn emit_literals(&mut self, bytes: &[u8]) {
         // At most 9 bits a byte, and 8 bytes for the last store.
         self.room(bytes.len() + bytes.len() / 8 + 16);
