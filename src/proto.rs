@@ -5,7 +5,7 @@
 //! Why: gzip (zlib-rs's level 1) of a JSON body cost ~11,000 instructions per event, 30 % of
 //! kube-event's CPU per event (issue 6); snappy of the same entries as protobuf cost ~4,000,
 //! and ~2,700 with `snappy.rs` (benches/README.md has the figures; gzip is now `deflate.rs`'s,
-//! ~6,200).
+//! ~5,900).
 //!
 //! `batch.rs` seals a batch as protobuf with [`Sealer`]; [`Encoder`] compresses it. JSON stays
 //! the form that re-stamping, `rejected/`, `--show-batch` and `LOKI_COMPRESSION=gzip|none` work
