@@ -19,7 +19,7 @@
 //! from `0x190`, 256–279 7-bit from 0, 280–287 8-bit from `0xc0`; distances are 5-bit codes.
 //! Huffman codes are packed from their most significant bit, extra bits from their least.
 
-use crate::lz::{MARGIN, MIN_MATCH};
+use crate::lz::MIN_MATCH;
 
 /// How far back a copy may reach.
 const WINDOW: usize = 1 << 15;
@@ -31,6 +31,7 @@ const COPY_BITS: usize = 31;
 /// Literals gathered before the word is stored: 7 bits left over and 6 codes of up to 9 bits
 /// fit in 64.
 const LITERALS_PER_STORE: usize = 6;
+const _: () = assert!(7 + 9 * LITERALS_PER_STORE <= 64 && 7 + COPY_BITS <= 64);
 
 /// Keeps the search's table from one body to the next (32 KiB, cleared per body).
 pub struct Encoder {
@@ -56,13 +57,8 @@ impl Encoder {
             bits: 0b011,
             n: 3,
         };
-        let len = input.len();
-        if len <= MARGIN {
-            w.emit_literals(input);
-        } else {
-            let next_emit = crate::lz::search::<_, WINDOW>(&mut self.table, input, &mut w);
-            w.emit_literals(&input[next_emit..]);
-        }
+        let next_emit = crate::lz::search::<_, WINDOW>(&mut self.table, input, &mut w);
+        w.emit_literals(&input[next_emit..]);
         // End of block: symbol 256, seven 0 bits; then the last partial byte.
         w.room(16);
         w.n += 7;
@@ -227,7 +223,8 @@ impl Writer<'_> {
 
     #[inline(always)]
     fn one_copy(&mut self, n: usize, dist_code: u32, dist_bits: u32) {
-        self.room(COPY_BITS / 8 + 9);
+        // One store of 8 bytes: at most 7 bits left over and `COPY_BITS` fit in a word.
+        self.room(8);
         let length = LENGTH[n - 3];
         self.put(length & 0xffff, length >> 16);
         self.put(dist_code, dist_bits);

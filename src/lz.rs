@@ -54,13 +54,16 @@ pub trait Sink {
 
 /// Searches `src` for repeats at most `WINDOW` bytes back, giving `sink` the literals and
 /// copies of `src[..x]` in order, and returns `x`: the bytes from `x` on (at most the last
-/// `MARGIN` and a few) are the caller's to write as literals. `src` must be longer than
-/// `MARGIN`. With `WINDOW` = [`WHOLE`], `src` must be at most that long (a snappy fragment)
-/// and the table's slots are the positions themselves: no distance to work out or check,
-/// which cost snappy ~20 % more instructions.
+/// `MARGIN` and a few; all of an input of `MARGIN` bytes or fewer, which is not searched)
+/// are the caller's to write as literals. With `WINDOW` = [`WHOLE`], `src` must be at most
+/// that long (a snappy fragment) and the table's slots are the positions themselves: no
+/// distance to work out or check, which cost snappy ~20 % more instructions.
 #[inline(always)]
 pub fn search<S: Sink, const WINDOW: usize>(table: &mut Table, src: &[u8], sink: &mut S) -> usize {
-    assert!(src.len() > MARGIN && WINDOW <= WHOLE && (WINDOW < WHOLE || src.len() <= WHOLE));
+    assert!(WINDOW <= WHOLE && (WINDOW < WHOLE || src.len() <= WHOLE));
+    if src.len() <= MARGIN {
+        return 0;
+    }
     let len = src.len();
     let p = src.as_ptr();
     // SAFETY (all of this function): every load is of 8 bytes at a position `at` with

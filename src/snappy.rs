@@ -83,9 +83,6 @@ impl Encoder {
         // SAFETY: the elements written are this function's contract; `Elements` writes
         // nothing else.
         unsafe {
-            if len <= MARGIN {
-                return tail(dst, d, src.as_ptr(), len);
-            }
             let mut e = Elements { dst, d };
             let next_emit = crate::lz::search::<_, FRAGMENT>(&mut self.table, src, &mut e);
             tail(e.dst, e.d, src.as_ptr().add(next_emit), len - next_emit)
