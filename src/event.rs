@@ -1087,13 +1087,8 @@ mod tests {
                 values.push(!(n << (4 * shift)));
             }
         }
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..1000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            values.push(x);
-        }
+        let mut rng = crate::testutil::Rng(0x9e37_79b9_7f4a_7c15);
+        values.extend((0..1000).map(|_| rng.next()));
         for v in values {
             let mut out = String::from("x");
             push_hex16(&mut out, v);

@@ -477,15 +477,7 @@ mod tests {
             .map(|i| format!("[\"{i}\",\"line {}\"],", i * 7919 % 1000))
             .collect();
         // Incompressible bytes make the output outgrow its first reservation.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::testutil::Rng(0x9e37_79b9_7f4a_7c15).bytes(300_000);
         for body in [
             br#"{"streams":[]}"#.as_slice(),
             big.as_bytes(),

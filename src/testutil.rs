@@ -72,10 +72,16 @@ impl Rng {
     }
 }
 
+/// The compressors' 400 random round trips, the same on every run (`random_mixture`).
+pub fn random_mixtures() -> impl Iterator<Item = Vec<u8>> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    (0..400).map(move |case| random_mixture(&mut rng, case))
+}
+
 /// Bytes for the compressors' round trips: literals from a small or full alphabet, mixed with
 /// repeats of earlier bytes (overlapping themselves, from up to 70,000 back: beyond a snappy
 /// fragment and deflate's window); every 50th case 150,000 bytes long, the others under 3,000.
-pub fn random_mixture(rng: &mut Rng, case: usize) -> Vec<u8> {
+fn random_mixture(rng: &mut Rng, case: usize) -> Vec<u8> {
     let target = if case.is_multiple_of(50) {
         150_000
     } else {

@@ -746,6 +746,10 @@ fn incompressible_storm(rig: &Rig, n: usize) -> BTreeSet<(String, u64)> {
         .collect()
 }
 
+/// The two throttled-Loki tests' settings: batches of ~10 of `incompressible_storm`'s events,
+/// and the debug log that says when the watcher waits for room and when a batch is spooled.
+const THROTTLED_STORM: &[(&str, &str)] = &[("BATCH_MAX_BYTES", "262144"), ("LOG_LEVEL", "debug")];
+
 /// A Loki that takes every push, but slower than the watch brings events: the watcher waits
 /// for the pusher (the events wait in the API server) instead of the batches going through
 /// the spool, and every occurrence arrives once.
@@ -755,8 +759,7 @@ fn a_storm_faster_than_a_healthy_loki_waits_in_the_api_server_not_in_the_spool()
     rig.loki.throttle(Duration::from_millis(100));
     // ~10 lines to a batch: 200 events are ~20 batches, whose bodies would pass the 2 MB
     // the pusher keeps in memory after ~7, were it to take each as it is sealed.
-    let conf: &[(&str, &str)] = &[("BATCH_MAX_BYTES", "262144"), ("LOG_LEVEL", "debug")];
-    let ke = rig.start_watching(conf);
+    let ke = rig.start_watching(THROTTLED_STORM);
     let want = incompressible_storm(&rig, 200);
     wait_for_occurrences(&rig.loki, &want, T);
     ke.sigterm();
@@ -787,8 +790,7 @@ fn a_loki_too_slow_for_long_has_the_batches_spooled_after_ten_seconds() {
     let rig = Rig::new();
     rig.loki.throttle(Duration::from_millis(600));
     // ~24 batches, 0.6 s a push: ~14 s one at a time.
-    let conf: &[(&str, &str)] = &[("BATCH_MAX_BYTES", "262144"), ("LOG_LEVEL", "debug")];
-    let ke = rig.start_watching(conf);
+    let ke = rig.start_watching(THROTTLED_STORM);
     let started = Instant::now();
     let want = incompressible_storm(&rig, 240);
     let log = ke.wait_for_stderr("spooled batch", Duration::from_secs(40));
