@@ -384,6 +384,12 @@ impl Pusher {
                 error!("cannot write the journal: {e}; will try again");
                 return;
             }
+            debug!(
+                "committed batch {}: {} records, up to resourceVersion {:?}",
+                u.seq,
+                u.list.len(),
+                u.rv
+            );
             if let Some(u) = self.uncommitted.pop_front() {
                 self.queue.recycle_records(u.records, u.list);
             }

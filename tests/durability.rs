@@ -111,6 +111,23 @@ fn wait_spooled(rig: &Rig, names: &[String]) {
     );
 }
 
+/// Waits until the journal holds `n` records in all, as kube-event's debug log says
+/// ("committed batch …: N records"). A batch is spooled or pushed before its records are
+/// committed, so neither a spool file nor Loki's entries mean a SIGKILL would find them in
+/// the journal: a kill in between ships the batch again at the restart (byte-identical
+/// entries, which Loki folds, and which these tests count).
+fn wait_committed(ke: &KubeEvent, n: usize) {
+    let committed = |log: &str| -> usize {
+        log.lines()
+            .filter_map(|l| l.split_once("committed batch ")?.1.split_once(": "))
+            .filter_map(|(_, rest)| rest.split_once(' ')?.0.parse::<usize>().ok())
+            .sum()
+    };
+    wait_until(T, &format!("{n} records in the journal"), || {
+        committed(&ke.stderr_text()) >= n
+    });
+}
+
 fn now_secs() -> String {
     rfc3339_secs(now_nanos())
 }
@@ -554,6 +571,7 @@ fn spooled_batches_go_out_as_loki_compression_says_even_after_it_changed() {
             rig.api.create(event("demo", n, "compression", &now_secs()));
         }
         wait_spooled(&rig, &names);
+        wait_committed(&ke, names.len());
         // SIGKILL: SIGTERM would wait its 10 s for the absent Loki.
         ke.sigkill();
         ke.wait_exit(T);
@@ -1176,6 +1194,7 @@ fn garbage_at_the_end_of_the_journal_is_moved_aside_and_its_good_records_are_kep
     let ke = rig.start_watching(&[]);
     rig.loki.wait_for_entries(5, T);
     wait_until(T, "an empty spool", || spool_files(&rig.spool()).is_empty());
+    wait_committed(&ke, 5);
     // Killed, so that the journal (not a checkpoint) holds what was shipped.
     ke.sigkill();
     ke.wait_exit(T);

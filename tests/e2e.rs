@@ -382,17 +382,23 @@ fn loki_failing_then_recovering_loses_nothing() {
 #[test]
 fn sigterm_pushes_what_is_pending_and_exits_0() {
     let rig = Rig::new();
-    create_events(&rig.api, "demo", "a", 50);
-    // A push interval far longer than the test: only the shutdown can push these.
-    let ke = rig.start(&[("PUSH_INTERVAL_SECONDS", "3600")]);
-    ke.wait_for_stderr("first list done (50 events)", T);
+    create_events(&rig.api, "demo", "a", 3);
+    // A push interval far longer than the test, and a trickle's batch: only the shutdown can
+    // push these. (A batch filling at BATCH_MAX_BYTES per interval or faster, judged over its
+    // first 0.1 s, is a burst's, pushed once the stream pauses for 0.1 s: ~2.9 KB with these
+    // settings, where 3 events are ~1.2 KB; 50 events were a burst with the default 1 MiB.)
+    let ke = rig.start(&[
+        ("PUSH_INTERVAL_SECONDS", "3600"),
+        ("BATCH_MAX_BYTES", "104857600"),
+    ]);
+    ke.wait_for_stderr("first list done (3 events)", T);
     assert_eq!(rig.loki.push_count(), 0);
     ke.sigterm();
     let status = ke.wait_exit(T);
     assert_eq!(status.code(), Some(0), "{}", ke.stderr_text());
-    assert_eq!(rig.loki.entries().len(), 50);
+    assert_eq!(rig.loki.entries().len(), 3);
     assert!(
-        ke.stderr_text().contains("pushed 50"),
+        ke.stderr_text().contains("pushed 3"),
         "{}",
         ke.stderr_text()
     );

@@ -120,13 +120,15 @@ fn start_sh_runs_kube_event_detached_and_stop_sh_stops_it_after_the_final_push()
         "kubeconfig.yaml",
         &kubeconfig_yaml(&api.url(), CaRef::Data(&pki.ca_pem), UserAuth::Token(TOKEN)),
     );
-    // A batch is sealed when the next line would take it past BATCH_MAX_BYTES, and nothing
-    // is due before an hour: the big event (listed first) is pushed as soon as the small one
-    // follows it, and the small one waits in the queue until SIGTERM pushes it.
+    // Nothing is due before an hour. A batch filling at BATCH_MAX_BYTES an hour or faster
+    // (judged over its first 0.1 s: ~2.9 KB with 100 MiB) is a burst's, pushed once the
+    // stream pauses for 0.1 s (queue::QUIET): the big event goes so, while kube-event runs.
+    // The small one, watched after it, is a trickle's batch: it waits for the final push at
+    // SIGTERM, however slowly the test runs (a batch after a full one would be a burst's too).
     let log_file = KEYS.contains(&"LOG_FILE");
     let mut conf = format!(
         "LOKI_URL={}\nKUBECONFIG=kubeconfig.yaml\nPUSH_INTERVAL_SECONDS=3600\n\
-         BATCH_MAX_BYTES=1024\nLOG_LEVEL=debug\n",
+         BATCH_MAX_BYTES=104857600\nLOG_LEVEL=debug\n",
         loki.url()
     );
     if log_file {
@@ -138,8 +140,7 @@ fn start_sh_runs_kube_event_detached_and_stop_sh_stops_it_after_the_final_push()
     } else {
         "logs/kube-event.out"
     });
-    event(&api, "a-big.1", &"x".repeat(2000));
-    event(&api, "b-small.1", "small");
+    event(&api, "a-big.1", &"x".repeat(6000));
 
     let envs = [("START_TIMEOUT", "12"), ("STOP_TIMEOUT", "12")];
     let start = pkg.join("start.sh");
@@ -184,6 +185,18 @@ fn start_sh_runs_kube_event_detached_and_stop_sh_stops_it_after_the_final_push()
     // The big event reaches Loki while it runs; the small one waits for the final push.
     let entries = loki.wait_for_entries(1, T);
     assert!(has_event(&entries, "a-big.1"), "{:?}", entries);
+    event(&api, "b-small.1", "small");
+    // The watch ends after the small event's frame: watching again from its resourceVersion
+    // means kube-event has queued it.
+    let rv = api.resource_version();
+    api.end_watches();
+    api.wait_for_requests(
+        |reqs| {
+            reqs.iter()
+                .any(|r| r.is_watch() && r.q("resourceVersion") == Some(rv.as_str()))
+        },
+        T,
+    );
     assert!(!has_event(&loki.entries(), "b-small.1"));
 
     // A second start is refused while the first runs.
