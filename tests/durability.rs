@@ -1333,15 +1333,22 @@ fn a_second_instance_on_the_same_data_dir_exits_2_and_the_first_keeps_running() 
     assert!(first.try_exit().is_none(), "{}", first.stderr_text());
     rig.api.create(event("demo", "a.1", "a", &now_secs()));
     rig.loki.wait_for_entries(1, T);
+    // Committed, so that the next instance does not ship it again.
+    wait_committed(&first, 1);
 
     // A lock left behind by SIGKILL does not block the next instance.
     first.sigkill();
     first.wait_exit(T);
     let third = rig.start_watching(&[]);
     rig.api.create(event("demo", "b.1", "b", &now_secs()));
-    rig.loki.wait_for_entries(2, T);
+    let entries = rig.loki.wait_for_entries(2, T);
+    assert!(
+        entries.iter().any(|e| occurrence(e).0 == "b.1"),
+        "{entries:?}"
+    );
     assert!(!third.stderr_text().contains("already in use"));
     assert!(third.try_exit().is_none());
+    assert_no_duplicates(&rig.loki);
     drop(third);
 }
 
