@@ -118,14 +118,17 @@ fn wait_spooled(rig: &Rig, names: &[String]) {
 /// entries, which Loki folds, and which these tests count).
 fn wait_committed(ke: &KubeEvent, n: usize) {
     let committed = |log: &str| -> usize {
-        log.lines()
+        log_lines(log, "committed batch ")
+            .iter()
             .filter_map(|l| l.split_once("committed batch ")?.1.split_once(": "))
             .filter_map(|(_, rest)| rest.split_once(' ')?.0.parse::<usize>().ok())
             .sum()
     };
-    wait_until(T, &format!("{n} records in the journal"), || {
-        committed(&ke.stderr_text()) >= n
-    });
+    ke.wait_for_stderr_where(
+        &format!("{n} records committed"),
+        |log| committed(log) >= n,
+        T,
+    );
 }
 
 fn now_secs() -> String {

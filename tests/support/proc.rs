@@ -220,10 +220,25 @@ impl KubeEvent {
     /// Waits until stderr contains `needle`; returns stderr so far. Fails early if the
     /// process exits without writing it.
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_stderr_where(
+            &format!("{needle:?}"),
+            |text| text.contains(needle),
+            timeout,
+        )
+    }
+
+    /// Waits until `holds` is true of stderr so far (`what` says what it waits for); returns
+    /// stderr. Fails early if the process closes stderr before.
+    pub fn wait_for_stderr_where(
+        &self,
+        what: &str,
+        holds: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
         let guard = self.out.wait_until(
             timeout,
-            &format!("{needle:?} on kube-event's stderr"),
-            |o| contains(&o.stderr, needle) || o.stderr_eof,
+            &format!("{what} on kube-event's stderr"),
+            |o| o.stderr_eof || holds(&String::from_utf8_lossy(&o.stderr)),
             |o| {
                 format!(
                     "exit: {:?}\nstderr:\n{}",
@@ -233,9 +248,9 @@ impl KubeEvent {
             },
         );
         let text = String::from_utf8_lossy(&guard.stderr).into_owned();
-        if !text.contains(needle) {
+        if !holds(&text) {
             drop(guard);
-            panic!("kube-event closed stderr without writing {needle:?}; stderr:\n{text}");
+            panic!("kube-event closed stderr without writing {what}; stderr:\n{text}");
         }
         text
     }
@@ -293,13 +308,6 @@ impl Drop for KubeEvent {
             );
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
 }
 
 fn spawn_reader(
