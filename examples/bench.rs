@@ -31,8 +31,9 @@
 //! the same N frames: parse (`scan::frame`), parse and offer to the Shipper (line, hash,
 //! memory of shipped occurrences, batch, sealing push bodies of 1 MiB), the pusher's
 //! encoding of those bodies as snappy protobuf (`LOKI_COMPRESSION=snappy`), and their gzip
-//! (kube-event's `deflate.rs`; and flate2's levels 1 and 6, for comparison). It prints ns/event and heap allocations/event per stage (best of
-//! `--runs`); run it under `valgrind --tool=callgrind` for instruction counts.
+//! (kube-event's `deflate.rs`; and flate2's levels 1 and 6, for comparison). It prints
+//! ns/event and heap allocations/event per stage (best of `--runs`); run it under
+//! `valgrind --tool=callgrind` for instruction counts.
 //!
 //! `loki` is a plain-HTTP sink on 127.0.0.1 for `POST /loki/api/v1/push` (snappy protobuf,
 //! gzipped JSON or JSON): it answers 204 and counts entries. It prints `READY <port>`, a `PUSH` line per accepted push

@@ -1,8 +1,8 @@
 //! A deflate compressor for the gzip push bodies (`LOKI_COMPRESSION=gzip`): one block with
 //! the fixed Huffman codes of RFC 1951, what zlib-ng's and zlib-rs's level 1 (`deflate_quick`)
-//! also writes, with the search `snappy.rs` also uses (`lz.rs`). Any inflater reads it (Loki's is Go's
-//! `compress/gzip`); the `flate2` crate stays in the build to read gzip back (a spooled body
-//! shown as JSON) and for the CRC-32.
+//! also writes, with the search `snappy.rs` also uses (`lz.rs`). Any inflater reads it
+//! (Loki's is Go's `compress/gzip`); the `flate2` crate stays in the build to read gzip back
+//! (a spooled body shown as JSON) and for the CRC-32.
 //!
 //! Why: gzip at level 1 was the largest piece of a gzip storm, ~11,800 instructions per event
 //! (callgrind) and ~1.7 µs of the 2-core VM's time per event, against ~2,900 and ~0.6 µs for
